@@ -1,0 +1,36 @@
+# The same entry points for a developer and for CI: `make run`, `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export JOBMILL_TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+
+.PHONY: setup run worker test lint unit pytest bench services clean
+
+$(STAMP): pyproject.toml
+	@scripts/bootstrap.sh $(VENV)
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+services:
+	@scripts/ensure_services.sh
+
+run: setup
+	@scripts/run_demo.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+pytest: setup services
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: setup services
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""jobmill: a self-hosted async job service."""

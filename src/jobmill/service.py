@@ -1,0 +1,311 @@
+"""JobService: every lifecycle operation, and the only place that decides a job's next state.
+
+The service reads the transition table, computes what should change (retry or fail, backoff, lease
+lengths) and asks the store for a compare-and-set. When a CAS loses a race (the job changed in between),
+user-facing operations re-read and decide again; worker-side ones report that the lease is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from jobmill.domain.job import Job, JobEvent, JobStatus, JsonObject, NewJob, uuid7
+from jobmill.domain.ordering import PRIORITY_MAX, PRIORITY_MIN
+from jobmill.domain.transitions import Transition, edge, transition_for
+from jobmill.errors import InvalidTransition, JobNotFound, ValidationError
+from jobmill.handlers import HandlerRegistry, check_name
+from jobmill.store.base import (
+    Completion,
+    EventListParams,
+    JobCancelParams,
+    JobClaimParams,
+    JobCompleteManyParams,
+    JobConfirmCancelParams,
+    JobFailParams,
+    JobGetParams,
+    JobHeartbeatParams,
+    JobInsertManyParams,
+    JobInsertResult,
+    JobListExpiredParams,
+    JobListParams,
+    JobQueuePositionParams,
+    JobRecoverParams,
+    JobReprioritizeParams,
+    JobRequeueParams,
+    JobSetProgressParams,
+    JobStore,
+    Lease,
+)
+
+Clock = Callable[[], datetime]
+
+DEFAULT_TENANT = "default"
+MAX_PARAMS_BYTES = 256 * 1024
+MAX_ATTEMPTS_LIMIT = 100
+# How many CAS races a user operation retries before giving up (each retry re-reads the job).
+CAS_RETRIES = 5
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits base * 2^(n-1), capped, in [half, full] of that."""
+
+    base_s: float = 1.0
+    max_s: float = 300.0
+
+    def delay_s(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        nominal = min(self.max_s, self.base_s * (2 ** max(0, attempt - 1)))
+        return nominal / 2 + rand() * nominal / 2
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    kind: str
+    params: JsonObject = field(default_factory=dict)
+    queue: str | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    run_after: datetime | None = None
+    idempotency_key: str | None = None
+    tenant: str = DEFAULT_TENANT
+    principal: str | None = None
+    inputs: JsonObject = field(default_factory=dict)
+
+
+def error_info(exc: BaseException, *, error_type: str | None = None, traceback: str | None = None) -> JsonObject:
+    info: JsonObject = {"type": error_type or type(exc).__name__, "message": str(exc) or type(exc).__name__}
+    if traceback:
+        info["traceback"] = traceback
+    return info
+
+
+class JobService:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        registry: HandlerRegistry | None = None,
+        clock: Clock = utc_now,
+        lease_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.lease_s = lease_s
+        self.retry = retry or RetryPolicy()
+
+    # -- submission -----------------------------------------------------------------------------------
+
+    def _new_job(self, request: SubmitRequest, now: datetime) -> NewJob:
+        check_name("kind", request.kind)
+        spec = self.registry.get(request.kind) if self.registry is not None else None
+        queue = check_name("queue", request.queue or (spec.queue if spec else "default"))
+        if not isinstance(request.params, dict):
+            raise ValidationError("params must be a JSON object")
+        try:
+            size = len(json.dumps(request.params, separators=(",", ":")))
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"params are not JSON-serialisable: {exc}") from exc
+        if size > MAX_PARAMS_BYTES:
+            raise ValidationError(f"params are {size} bytes; the limit is {MAX_PARAMS_BYTES}")
+        if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
+            raise ValidationError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+        max_attempts = request.max_attempts if request.max_attempts is not None else (spec.max_attempts if spec else 1)
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise ValidationError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
+        timeout_s = request.timeout_s if request.timeout_s is not None else (spec.timeout_s if spec else None)
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValidationError("timeout_s must be > 0")
+        if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 255:
+            raise ValidationError("idempotency_key must be 1-255 characters")
+        return NewJob(
+            id=uuid7(),
+            tenant=request.tenant,
+            principal=request.principal,
+            kind=request.kind,
+            queue=queue,
+            priority=request.priority,
+            params=request.params,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+            run_after=request.run_after or now,
+            idempotency_key=request.idempotency_key,
+            inputs=request.inputs,
+        )
+
+    def submit(self, request: SubmitRequest) -> JobInsertResult:
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[SubmitRequest]) -> list[JobInsertResult]:
+        now = self.clock()
+        jobs = [self._new_job(r, now) for r in requests]
+        return self.store.job_insert_many(JobInsertManyParams(jobs, now))
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def get(self, job_id: UUID, tenant: str | None = None) -> Job:
+        job = self.store.job_get(JobGetParams(job_id, tenant))
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def queue_position(self, job_id: UUID, tenant: str | None = None) -> int | None:
+        return self.store.job_queue_position(JobQueuePositionParams(job_id, self.clock(), tenant))
+
+    def list(self, params: JobListParams) -> list[Job]:
+        return self.store.job_list(params)
+
+    def events(self, job_id: UUID, tenant: str | None = None, after_seq: int = 0) -> list[JobEvent]:
+        return self.store.event_list(EventListParams(job_id=job_id, tenant=tenant, after_seq=after_seq))
+
+    # -- worker side ----------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
+        now = self.clock()
+        return self.store.job_claim(
+            JobClaimParams(
+                queues=queues,
+                limit=limit,
+                worker_id=worker_id,
+                now=now,
+                lease_expires_at=now + timedelta(seconds=self.lease_s),
+                edge=edge(Transition.CLAIM),
+            )
+        )
+
+    def heartbeat(self, leases: Sequence[Lease]) -> dict[UUID, JobStatus]:
+        now = self.clock()
+        return self.store.job_heartbeat(
+            JobHeartbeatParams(leases, now, now + timedelta(seconds=self.lease_s))
+        )
+
+    def set_progress(
+        self, lease: Lease, stage: str | None, progress: float | None, message: str | None
+    ) -> bool:
+        if progress is not None and not 0 <= progress <= 100:
+            raise ValidationError(f"progress must be between 0 and 100, not {progress}")
+        return self.store.job_set_progress(JobSetProgressParams(lease, self.clock(), stage, progress, message))
+
+    def complete_many(self, completions: Sequence[Completion]) -> list[UUID]:
+        return self.store.job_complete_many(
+            JobCompleteManyParams(completions, self.clock(), edge(Transition.COMPLETE))
+        )
+
+    def fail(self, job: Job, lease: Lease, error: JsonObject, *, retryable: bool = True) -> Job | None:
+        """End a failed attempt: back to pending after a backoff while attempts remain, else failed."""
+        now = self.clock()
+        if retryable and job.attempts < job.max_attempts:
+            delay = self.retry.delay_s(job.attempts)
+            return self.store.job_fail(
+                JobFailParams(lease, now, edge(Transition.RETRY), error, now + timedelta(seconds=delay))
+            )
+        return self.store.job_fail(JobFailParams(lease, now, edge(Transition.FAIL), error))
+
+    def release(self, lease: Lease) -> Job | None:
+        """Hand a running job back at shutdown; the interrupted attempt does not count."""
+        now = self.clock()
+        return self.store.job_fail(
+            JobFailParams(lease, now, edge(Transition.RELEASE), None, now, refund_attempt=True)
+        )
+
+    def confirm_cancel(self, lease: Lease) -> Job | None:
+        return self.store.job_confirm_cancel(
+            JobConfirmCancelParams(lease, self.clock(), edge(Transition.CONFIRM_CANCEL))
+        )
+
+    def recover_expired(self, limit: int = 100) -> list[Job]:
+        """The lease reaper: settle jobs whose worker stopped renewing its lease. Any worker may run it."""
+        now = self.clock()
+        settled: list[Job] = []
+        for job in self.store.job_list_expired(JobListExpiredParams(now, limit)):
+            if job.lease_token is None:
+                continue
+            lease = Lease(job.id, job.lease_token)
+            error: JsonObject | None
+            if job.status is JobStatus.CANCELLING:
+                transition, error, run_after = Transition.EXPIRE_CANCELLING, None, None
+            else:
+                error = {"type": "lease_expired", "message": f"worker {job.lease_owner} stopped renewing"}
+                if job.attempts < job.max_attempts:
+                    transition, run_after = Transition.EXPIRE_RETRY, now
+                else:
+                    transition, run_after = Transition.EXPIRE_FAIL, None
+            result = self.store.job_recover(
+                JobRecoverParams(lease, job.status, now, edge(transition), error, run_after)
+            )
+            if result is not None:
+                settled.append(result)
+        return settled
+
+    # -- user and admin side --------------------------------------------------------------------------
+
+    def cancel(self, job_id: UUID, tenant: str | None = None) -> Job:
+        """Pending: cancelled at once. Running: cancelling (its worker stops it). Cancelling: unchanged."""
+        for _ in range(CAS_RETRIES):
+            job = self.get(job_id, tenant)
+            if job.status is JobStatus.CANCELLING:
+                return job
+            transition = transition_for("cancel", job_id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL)
+            changed = self.store.job_cancel(
+                JobCancelParams(job_id, tenant, self.clock(), edge(transition), job.status)
+            )
+            if changed is not None:
+                return changed
+        raise InvalidTransition(job_id, "cancel", self.get(job_id, tenant).status)
+
+    def reprioritize(self, job_id: UUID, priority: int, tenant: str | None = None) -> tuple[Job, int | None]:
+        """Change a pending job's priority; returns the job and its new queue position."""
+        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise ValidationError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+        changed = self.store.job_reprioritize(JobReprioritizeParams(job_id, tenant, priority, self.clock()))
+        if changed is None:
+            current = self.get(job_id, tenant)
+            raise InvalidTransition(job_id, "change the priority of", current.status)
+        return changed, self.queue_position(job_id, tenant)
+
+    def requeue(self, job_id: UUID, tenant: str | None = None) -> Job:
+        """Admin retry: put a failed or cancelled job back in its queue with a fresh set of attempts."""
+        for _ in range(CAS_RETRIES):
+            job = self.get(job_id, tenant)
+            transition = transition_for("retry", job_id, job.status, Transition.REQUEUE)
+            changed = self.store.job_requeue(
+                JobRequeueParams(job_id, tenant, self.clock(), edge(transition), job.status, job.max_attempts)
+            )
+            if changed is not None:
+                return changed
+        raise InvalidTransition(job_id, "retry", self.get(job_id, tenant).status)
+
+
+def job_summary(job: Job, position: int | None = None) -> dict[str, Any]:
+    """A JSON-ready view of a job for the CLI and logs."""
+    view: dict[str, Any] = {
+        "id": str(job.id),
+        "kind": job.kind,
+        "queue": job.queue,
+        "priority": job.priority,
+        "status": job.status.value,
+        "stage": job.stage,
+        "progress": job.progress,
+        "message": job.message,
+        "queue_position": position,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "result": job.result,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    return view

@@ -1,0 +1,242 @@
+"""The JobStore protocol: the one surface through which jobmill speaks to a database.
+
+One method per operation, named noun_verb, each taking one params object. Every method that changes a
+job's status receives the allowed `sources` and the `target` from the transition table and applies them
+as a compare-and-set; writes made by a worker also carry its lease token, so a worker whose lease expired
+(and whose job went to another worker) cannot overwrite the new owner's work. Methods that serve users
+take a `tenant` and scope the query by it; `tenant=None` is for workers and operators only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from jobmill.domain.job import Job, JobEvent, JobStatus, JsonObject, NewJob
+from jobmill.domain.transitions import Edge
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    job_id: UUID
+    token: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class JobInsertManyParams:
+    jobs: Sequence[NewJob]
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobInsertResult:
+    job: Job
+    created: bool  # False: an earlier job with the same (tenant, idempotency_key) was returned
+
+
+@dataclass(frozen=True, slots=True)
+class JobGetParams:
+    job_id: UUID
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobListParams:
+    tenant: str | None = None
+    statuses: Sequence[JobStatus] = ()
+    kind: str | None = None
+    queue: str | None = None
+    before_seq: int | None = None  # cursor: only jobs submitted before this one (newest first)
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class JobClaimParams:
+    queues: Sequence[str]
+    limit: int
+    worker_id: str
+    now: datetime
+    lease_expires_at: datetime
+    edge: Edge
+
+
+@dataclass(frozen=True, slots=True)
+class JobHeartbeatParams:
+    leases: Sequence[Lease]
+    now: datetime
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobSetProgressParams:
+    lease: Lease
+    now: datetime
+    stage: str | None
+    progress: float | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    lease: Lease
+    result: Any
+    outputs: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobCompleteManyParams:
+    completions: Sequence[Completion]
+    now: datetime
+    edge: Edge
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailParams:
+    """A worker-side end of an attempt: retry later, fail for good, or hand back at shutdown."""
+
+    lease: Lease
+    now: datetime
+    edge: Edge
+    error: JsonObject | None
+    run_after: datetime | None = None  # for a retry: when the next attempt may start
+    refund_attempt: bool = False  # graceful shutdown: the attempt does not count
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfirmCancelParams:
+    lease: Lease
+    now: datetime
+    edge: Edge
+
+
+@dataclass(frozen=True, slots=True)
+class JobCancelParams:
+    """A user or admin cancel: pending -> cancelled, or running -> cancelling (the worker then stops it)."""
+
+    job_id: UUID
+    tenant: str | None
+    now: datetime
+    edge: Edge
+    expected_status: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class JobReprioritizeParams:
+    job_id: UUID
+    tenant: str | None
+    priority: int
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequeueParams:
+    job_id: UUID
+    tenant: str | None
+    now: datetime
+    edge: Edge
+    expected_status: JobStatus
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobListExpiredParams:
+    now: datetime
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecoverParams:
+    """Settle a job whose lease expired: CAS on its status and on the expired lease's token."""
+
+    lease: Lease
+    expected_status: JobStatus
+    now: datetime
+    edge: Edge
+    error: JsonObject | None
+    run_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobQueuePositionParams:
+    job_id: UUID
+    now: datetime
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventListParams:
+    job_id: UUID | None = None
+    tenant: str | None = None
+    after_seq: int = 0  # per-job sequence (with job_id)
+    after_id: int = 0  # global event id (tenant-wide streams)
+    limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A wake-up sent on commit: `new_job` for a queue, or `cancel` for a job."""
+
+    topic: str
+    queue: str | None = None
+    job_id: UUID | None = None
+
+
+class Subscription(Protocol):
+    def close(self) -> None: ...
+
+
+class JobStore(Protocol):
+    url: str
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the names applied."""
+        ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def job_insert_many(self, params: JobInsertManyParams) -> list[JobInsertResult]: ...
+
+    def job_get(self, params: JobGetParams) -> Job | None: ...
+
+    def job_list(self, params: JobListParams) -> list[Job]: ...
+
+    def job_claim(self, params: JobClaimParams) -> list[Job]: ...
+
+    def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
+        """Extend the leases still held; returns their jobs' current statuses (a lost lease is absent)."""
+        ...
+
+    def job_set_progress(self, params: JobSetProgressParams) -> bool: ...
+
+    def job_complete_many(self, params: JobCompleteManyParams) -> list[UUID]:
+        """Complete the jobs whose lease is still held; returns the ids that were completed."""
+        ...
+
+    def job_fail(self, params: JobFailParams) -> Job | None: ...
+
+    def job_confirm_cancel(self, params: JobConfirmCancelParams) -> Job | None: ...
+
+    def job_cancel(self, params: JobCancelParams) -> Job | None: ...
+
+    def job_reprioritize(self, params: JobReprioritizeParams) -> Job | None:
+        """Change a pending job's priority (CAS on pending); None if it is not pending (or not found)."""
+        ...
+
+    def job_requeue(self, params: JobRequeueParams) -> Job | None: ...
+
+    def job_list_expired(self, params: JobListExpiredParams) -> list[Job]: ...
+
+    def job_recover(self, params: JobRecoverParams) -> Job | None: ...
+
+    def job_queue_position(self, params: JobQueuePositionParams) -> int | None: ...
+
+    def event_list(self, params: EventListParams) -> list[JobEvent]: ...
+
+    def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
+        """Call `callback` (from any thread) for every notification committed by any process."""
+        ...

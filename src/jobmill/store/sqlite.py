@@ -1,0 +1,666 @@
+"""SQLite backend: one file in WAL mode, short write transactions, for a single machine.
+
+Several processes may share the file (API node and workers): writers take the lock with BEGIN IMMEDIATE
+and wait on it (busy timeout) instead of failing. Wake-ups reach stores of the same process at once;
+other processes notice new work and cancel requests by polling (JOBMILL_POLL_INTERVAL_S).
+`memory://` gives a private in-memory database with the same code, for users' unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from jobmill.domain.job import Job, JobEvent, JobStatus
+from jobmill.errors import ConfigError, StoreError, StoreUnavailable
+from jobmill.store.base import (
+    EventListParams,
+    JobCancelParams,
+    JobClaimParams,
+    JobCompleteManyParams,
+    JobConfirmCancelParams,
+    JobFailParams,
+    JobGetParams,
+    JobHeartbeatParams,
+    JobInsertManyParams,
+    JobInsertResult,
+    JobListExpiredParams,
+    JobListParams,
+    JobQueuePositionParams,
+    JobRecoverParams,
+    JobReprioritizeParams,
+    JobRequeueParams,
+    JobSetProgressParams,
+    Lease,
+    Notification,
+    Subscription,
+)
+from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
+
+JOB_COLUMNS = (
+    "seq, id, tenant, principal, kind, queue, priority, params, status, stage, progress, message, attempts,"
+    " max_attempts, timeout_s, run_after, result, error, inputs, outputs, idempotency_key, lease_owner,"
+    " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at"
+)
+# An event row is derived from the job row it describes, inside the same transaction.
+EVENT_FROM_RETURNING = "id, tenant, event_seq, status, stage, progress, message"
+
+# SQLite limits the number of bound parameters per statement; batches are cut to stay below it.
+MAX_BATCH = 500
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _ts_opt(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _dt_opt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _unjson(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=UUID(row["id"]),
+        seq=row["seq"],
+        tenant=row["tenant"],
+        principal=row["principal"],
+        kind=row["kind"],
+        queue=row["queue"],
+        priority=row["priority"],
+        params=json.loads(row["params"]),
+        status=JobStatus(row["status"]),
+        stage=row["stage"],
+        progress=row["progress"],
+        message=row["message"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        timeout_s=row["timeout_s"],
+        run_after=_dt(row["run_after"]),
+        result=_unjson(row["result"]),
+        error=_unjson(row["error"]),
+        inputs=json.loads(row["inputs"]),
+        outputs=json.loads(row["outputs"]),
+        idempotency_key=row["idempotency_key"],
+        lease_owner=row["lease_owner"],
+        lease_token=None if row["lease_token"] is None else UUID(row["lease_token"]),
+        lease_expires_at=_dt_opt(row["lease_expires_at"]),
+        event_seq=row["event_seq"],
+        created_at=_dt(row["created_at"]),
+        started_at=_dt_opt(row["started_at"]),
+        finished_at=_dt_opt(row["finished_at"]),
+        updated_at=_dt(row["updated_at"]),
+    )
+
+
+def _event_from_row(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(
+        id=row["id"],
+        job_id=UUID(row["job_id"]),
+        tenant=row["tenant"],
+        seq=row["seq"],
+        at=_dt(row["at"]),
+        type=row["type"],
+        status=JobStatus(row["status"]),
+        stage=row["stage"],
+        progress=row["progress"],
+        message=row["message"],
+        data=_unjson(row["data"]),
+    )
+
+
+class _LocalHub:
+    """Delivers notifications to every store of this process that has the same database open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, list[Callable[[Notification], None]]] = {}
+
+    def subscribe(self, key: str, callback: Callable[[Notification], None]) -> Subscription:
+        with self._lock:
+            self._subscribers.setdefault(key, []).append(callback)
+        hub = self
+
+        class _Sub:
+            def close(self) -> None:
+                with hub._lock:
+                    callbacks = hub._subscribers.get(key, [])
+                    if callback in callbacks:
+                        callbacks.remove(callback)
+
+        return _Sub()
+
+    def publish(self, key: str, notifications: Sequence[Notification]) -> None:
+        with self._lock:
+            callbacks = list(self._subscribers.get(key, ()))
+        for callback in callbacks:
+            for notification in notifications:
+                callback(notification)
+
+
+_HUB = _LocalHub()
+
+
+class SqliteJobStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url == "memory://" or url == "sqlite://:memory:":
+            self._path = ":memory:"
+            # Each in-memory store is its own database, so it gets its own notification channel.
+            self._hub_key = f"memory:{id(self)}"
+        elif url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._path = str(path)
+            self._hub_key = str(path.resolve())
+        else:
+            raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db or memory://)")
+        self._lock = threading.RLock()
+        try:
+            self._conn = sqlite3.connect(
+                self._path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a crash of the machine may lose the last commits, never corrupt the file.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the database lock up front, so it never fails half-way."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite is locked: {exc}") from exc
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    def _append_events(
+        self,
+        conn: sqlite3.Connection,
+        rows: Sequence[sqlite3.Row],
+        event_type: str,
+        at: datetime,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO jobmill_events (job_id, tenant, seq, at, type, status, stage, progress, message, data)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r["id"],
+                    r["tenant"],
+                    r["event_seq"],
+                    _ts(at),
+                    event_type,
+                    r["status"],
+                    r["stage"],
+                    r["progress"],
+                    r["message"],
+                    _json(data),
+                )
+                for r in rows
+            ],
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._write() as conn:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+            for migration in load_migrations("sqlite"):
+                if migration.version in done:
+                    continue
+                for statement in _split_sql(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(UTC).timestamp()),
+                )
+                applied.append(migration.name)
+        return applied
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- operations -----------------------------------------------------------------------------------
+
+    def job_insert_many(self, params: JobInsertManyParams) -> list[JobInsertResult]:
+        results: list[JobInsertResult] = []
+        now = _ts(params.now)
+        with self._write() as conn:
+            for new in params.jobs:
+                row = conn.execute(
+                    f"INSERT INTO jobmill_jobs (id, tenant, principal, kind, queue, priority, params, status,"
+                    f" max_attempts, timeout_s, run_after, inputs, idempotency_key, event_seq, created_at,"
+                    f" updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)"
+                    f" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+                    f" RETURNING {JOB_COLUMNS}",
+                    (
+                        str(new.id),
+                        new.tenant,
+                        new.principal,
+                        new.kind,
+                        new.queue,
+                        new.priority,
+                        json.dumps(new.params),
+                        JobStatus.PENDING.value,
+                        new.max_attempts,
+                        new.timeout_s,
+                        _ts(new.run_after),
+                        json.dumps(new.inputs),
+                        new.idempotency_key,
+                        now,
+                        now,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    self._append_events(conn, [row], "status", params.now)
+                    results.append(JobInsertResult(_job_from_row(row), created=True))
+                    continue
+                existing = conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE tenant = ? AND idempotency_key = ?",
+                    (new.tenant, new.idempotency_key),
+                ).fetchone()
+                results.append(JobInsertResult(_job_from_row(existing), created=False))
+        queues = sorted({r.job.queue for r in results if r.created})
+        _HUB.publish(self._hub_key, [Notification("new_job", queue=q) for q in queues])
+        return results
+
+    def job_get(self, params: JobGetParams) -> Job | None:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE id = ?"
+        args: list[Any] = [str(params.job_id)]
+        if params.tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(params.tenant)
+        with self._read() as conn:
+            row = conn.execute(sql, args).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def job_list(self, params: JobListParams) -> list[Job]:
+        where: list[str] = []
+        args: list[Any] = []
+        if params.tenant is not None:
+            where.append("tenant = ?")
+            args.append(params.tenant)
+        if params.statuses:
+            where.append(f"status IN ({_placeholders(len(params.statuses))})")
+            args.extend(s.value for s in params.statuses)
+        if params.kind is not None:
+            where.append("kind = ?")
+            args.append(params.kind)
+        if params.queue is not None:
+            where.append("queue = ?")
+            args.append(params.queue)
+        if params.before_seq is not None:
+            where.append("seq < ?")
+            args.append(params.before_seq)
+        sql = f"SELECT {JOB_COLUMNS} FROM jobmill_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(params.limit)
+        with self._read() as conn:
+            return [_job_from_row(r) for r in conn.execute(sql, args)]
+
+    def job_claim(self, params: JobClaimParams) -> list[Job]:
+        if not params.queues or params.limit <= 0:
+            return []
+        (source,) = params.edge.sources
+        token = str(uuid4())
+        now = _ts(params.now)
+        with self._write() as conn:
+            rows = conn.execute(
+                f"UPDATE jobmill_jobs SET status = ?, attempts = attempts + 1, lease_owner = ?, lease_token = ?,"
+                f" lease_expires_at = ?, started_at = ?, updated_at = ?, event_seq = event_seq + 1,"
+                f" stage = NULL, progress = NULL, message = NULL, error = NULL"
+                f" WHERE seq IN (SELECT seq FROM jobmill_jobs WHERE status = ?"
+                f" AND queue IN ({_placeholders(len(params.queues))}) AND run_after <= ?"
+                f" ORDER BY priority DESC, seq LIMIT ?)"
+                f" RETURNING {JOB_COLUMNS}",
+                (
+                    params.edge.target.value,
+                    params.worker_id,
+                    token,
+                    _ts(params.lease_expires_at),
+                    now,
+                    now,
+                    source.value,
+                    *params.queues,
+                    now,
+                    min(params.limit, MAX_BATCH),
+                ),
+            ).fetchall()
+            self._append_events(conn, rows, "status", params.now, {"attempt_by": params.worker_id})
+        jobs = [_job_from_row(r) for r in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.seq))
+        return jobs
+
+    def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
+        held: dict[UUID, JobStatus] = {}
+        if not params.leases:
+            return held
+        with self._write() as conn:
+            for chunk_start in range(0, len(params.leases), MAX_BATCH):
+                chunk = params.leases[chunk_start : chunk_start + MAX_BATCH]
+                pairs = " OR ".join("(id = ? AND lease_token = ?)" for _ in chunk)
+                args: list[Any] = [_ts(params.lease_expires_at)]
+                for lease in chunk:
+                    args.extend((str(lease.job_id), str(lease.token)))
+                rows = conn.execute(
+                    f"UPDATE jobmill_jobs SET lease_expires_at = ? WHERE status IN ('running', 'cancelling')"
+                    f" AND ({pairs}) RETURNING id, status",
+                    args,
+                ).fetchall()
+                held.update((UUID(r["id"]), JobStatus(r["status"])) for r in rows)
+        return held
+
+    def job_set_progress(self, params: JobSetProgressParams) -> bool:
+        now = _ts(params.now)
+        with self._write() as conn:
+            row = conn.execute(
+                f"UPDATE jobmill_jobs SET stage = ?, progress = ?, message = ?, updated_at = ?,"
+                f" event_seq = event_seq + 1 WHERE id = ? AND lease_token = ? AND status = 'running'"
+                f" RETURNING {EVENT_FROM_RETURNING}",
+                (
+                    params.stage,
+                    params.progress,
+                    params.message,
+                    now,
+                    str(params.lease.job_id),
+                    str(params.lease.token),
+                ),
+            ).fetchone()
+            if row is None:
+                return False
+            self._append_events(conn, [row], "progress", params.now)
+        return True
+
+    def job_complete_many(self, params: JobCompleteManyParams) -> list[UUID]:
+        (source,) = params.edge.sources
+        now = _ts(params.now)
+        done: list[UUID] = []
+        with self._write() as conn:
+            for completion in params.completions:
+                row = conn.execute(
+                    f"UPDATE jobmill_jobs SET status = ?, result = ?, outputs = COALESCE(?, outputs),"
+                    f" finished_at = ?, updated_at = ?, lease_owner = NULL, lease_token = NULL,"
+                    f" lease_expires_at = NULL, event_seq = event_seq + 1"
+                    f" WHERE id = ? AND lease_token = ? AND status = ? RETURNING {EVENT_FROM_RETURNING}",
+                    (
+                        params.edge.target.value,
+                        _json(completion.result),
+                        _json(completion.outputs),
+                        now,
+                        now,
+                        str(completion.lease.job_id),
+                        str(completion.lease.token),
+                        source.value,
+                    ),
+                ).fetchone()
+                if row is not None:
+                    self._append_events(conn, [row], "status", params.now)
+                    done.append(completion.lease.job_id)
+        return done
+
+    def _lease_write(
+        self,
+        conn: sqlite3.Connection,
+        lease: Lease,
+        sources: frozenset[JobStatus],
+        assignments: str,
+        args: Sequence[Any],
+    ) -> sqlite3.Row | None:
+        """CAS on (id, lease token, status); returns the job row after the change, or None."""
+        status_list = [s.value for s in sources]
+        return conn.execute(
+            f"UPDATE jobmill_jobs SET {assignments}, event_seq = event_seq + 1"
+            f" WHERE id = ? AND lease_token = ? AND status IN ({_placeholders(len(status_list))})"
+            f" RETURNING {JOB_COLUMNS}",
+            (*args, str(lease.job_id), str(lease.token), *status_list),
+        ).fetchone()
+
+    def _finish_attempt(
+        self,
+        lease: Lease,
+        sources: frozenset[JobStatus],
+        target: JobStatus,
+        now: datetime,
+        error: dict[str, Any] | None,
+        run_after: datetime | None,
+        refund_attempt: bool,
+    ) -> Job | None:
+        finished = None if target is JobStatus.PENDING else _ts(now)
+        with self._write() as conn:
+            row = self._lease_write(
+                conn,
+                lease,
+                sources,
+                "status = ?, error = ?, run_after = COALESCE(?, run_after), finished_at = ?, updated_at = ?,"
+                " attempts = attempts - ?, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL",
+                (target.value, _json(error), _ts_opt(run_after), finished, _ts(now), int(refund_attempt)),
+            )
+            if row is None:
+                return None
+            self._append_events(conn, [row], "status", now, {"error": error} if error else None)
+        if target is JobStatus.PENDING:
+            _HUB.publish(self._hub_key, [Notification("new_job", queue=row["queue"])])
+        return _job_from_row(row)
+
+    def job_fail(self, params: JobFailParams) -> Job | None:
+        return self._finish_attempt(
+            params.lease,
+            params.edge.sources,
+            params.edge.target,
+            params.now,
+            params.error,
+            params.run_after,
+            params.refund_attempt,
+        )
+
+    def job_confirm_cancel(self, params: JobConfirmCancelParams) -> Job | None:
+        return self._finish_attempt(
+            params.lease, params.edge.sources, params.edge.target, params.now, None, None, False
+        )
+
+    def job_recover(self, params: JobRecoverParams) -> Job | None:
+        if params.expected_status not in params.edge.sources:
+            raise ValueError(f"{params.expected_status} is not a source of {params.edge}")
+        return self._finish_attempt(
+            params.lease,
+            frozenset({params.expected_status}),
+            params.edge.target,
+            params.now,
+            params.error,
+            params.run_after,
+            False,
+        )
+
+    def _user_write(
+        self,
+        job_id: UUID,
+        tenant: str | None,
+        expected: JobStatus,
+        assignments: str,
+        args: Sequence[Any],
+        now: datetime,
+        event_type: str = "status",
+    ) -> sqlite3.Row | None:
+        sql = (
+            f"UPDATE jobmill_jobs SET {assignments}, updated_at = ?, event_seq = event_seq + 1"
+            f" WHERE id = ? AND status = ?"
+        )
+        all_args: list[Any] = [*args, _ts(now), str(job_id), expected.value]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            all_args.append(tenant)
+        with self._write() as conn:
+            row = conn.execute(sql + f" RETURNING {JOB_COLUMNS}", all_args).fetchone()
+            if row is not None:
+                self._append_events(conn, [row], event_type, now)
+        return row
+
+    def job_cancel(self, params: JobCancelParams) -> Job | None:
+        if params.expected_status not in params.edge.sources:
+            raise ValueError(f"{params.expected_status} is not a source of {params.edge}")
+        target = params.edge.target
+        finished = _ts(params.now) if target.is_terminal else None
+        row = self._user_write(
+            params.job_id,
+            params.tenant,
+            params.expected_status,
+            "status = ?, finished_at = COALESCE(?, finished_at)",
+            (target.value, finished),
+            params.now,
+        )
+        if row is None:
+            return None
+        if target is JobStatus.CANCELLING:
+            _HUB.publish(self._hub_key, [Notification("cancel", job_id=params.job_id)])
+        return _job_from_row(row)
+
+    def job_reprioritize(self, params: JobReprioritizeParams) -> Job | None:
+        # A priority change is not a status change; it is recorded as a progress-free "priority" event.
+        row = self._user_write(
+            params.job_id,
+            params.tenant,
+            JobStatus.PENDING,
+            "priority = ?",
+            (params.priority,),
+            params.now,
+            event_type="priority",
+        )
+        return None if row is None else _job_from_row(row)
+
+    def job_requeue(self, params: JobRequeueParams) -> Job | None:
+        if params.expected_status not in params.edge.sources:
+            raise ValueError(f"{params.expected_status} is not a source of {params.edge}")
+        row = self._user_write(
+            params.job_id,
+            params.tenant,
+            params.expected_status,
+            "status = ?, attempts = 0, max_attempts = ?, run_after = ?, finished_at = NULL, error = NULL,"
+            " result = NULL, stage = NULL, progress = NULL, message = NULL",
+            (params.edge.target.value, params.max_attempts, _ts(params.now)),
+            params.now,
+        )
+        if row is None:
+            return None
+        _HUB.publish(self._hub_key, [Notification("new_job", queue=row["queue"])])
+        return _job_from_row(row)
+
+    def job_list_expired(self, params: JobListExpiredParams) -> list[Job]:
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE status IN ('running', 'cancelling')"
+                f" AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
+                (_ts(params.now), params.limit),
+            ).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def job_queue_position(self, params: JobQueuePositionParams) -> int | None:
+        now = _ts(params.now)
+        sql = "SELECT queue, priority, seq, status, run_after FROM jobmill_jobs WHERE id = ?"
+        args: list[Any] = [str(params.job_id)]
+        if params.tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(params.tenant)
+        with self._read() as conn:
+            # One read transaction, so the job and the jobs ahead of it are counted from one snapshot.
+            conn.execute("BEGIN")
+            try:
+                job = conn.execute(sql, args).fetchone()
+                if job is None or job["status"] != "pending" or job["run_after"] > now:
+                    return None
+                ahead = conn.execute(
+                    "SELECT count(*) FROM jobmill_jobs WHERE status = 'pending' AND queue = ?"
+                    " AND run_after <= ? AND (priority > ? OR (priority = ? AND seq < ?))",
+                    (job["queue"], now, job["priority"], job["priority"], job["seq"]),
+                ).fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return 1 + int(ahead)
+
+    def event_list(self, params: EventListParams) -> list[JobEvent]:
+        where: list[str] = []
+        args: list[Any] = []
+        if params.job_id is not None:
+            where.append("job_id = ? AND seq > ?")
+            args.extend((str(params.job_id), params.after_seq))
+        if params.tenant is not None:
+            where.append("tenant = ?")
+            args.append(params.tenant)
+        if params.after_id:
+            where.append("id > ?")
+            args.append(params.after_id)
+        sql = "SELECT * FROM jobmill_events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(params.limit)
+        with self._read() as conn:
+            return [_event_from_row(r) for r in conn.execute(sql, args)]
+
+    def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
+        return _HUB.subscribe(self._hub_key, callback)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration file (they contain no semicolons inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
