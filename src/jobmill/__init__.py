@@ -1,1 +1,54 @@
-"""jobmill: a self-hosted async job service."""
+"""jobmill: a self-hosted async job service.
+
+Write handlers as plain functions, run them with `jobmill worker`, submit and follow jobs through the
+service. The names below are the public Python API; everything else may change between versions.
+"""
+
+from jobmill.domain.job import Job, JobEvent, JobStatus
+from jobmill.errors import (
+    ConfigError,
+    InvalidTransition,
+    JobmillError,
+    JobNotFound,
+    LeaseLost,
+    StoreError,
+    StoreUnavailable,
+    UnknownKind,
+    ValidationError,
+)
+from jobmill.handlers import HandlerRegistry, default_registry, handler
+from jobmill.service import JobService, RetryPolicy, SubmitRequest
+from jobmill.store import JobStore, open_store
+from jobmill.worker.context import JobCancelled, JobContext, SyncJobContext
+from jobmill.worker.supervisor import ProcessFailed, RunResult
+from jobmill.worker.worker import Worker, WorkerConfig
+
+__all__ = [
+    "ConfigError",
+    "InvalidTransition",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobEvent",
+    "JobNotFound",
+    "JobService",
+    "JobStatus",
+    "JobStore",
+    "JobmillError",
+    "HandlerRegistry",
+    "LeaseLost",
+    "ProcessFailed",
+    "RetryPolicy",
+    "RunResult",
+    "StoreError",
+    "StoreUnavailable",
+    "SubmitRequest",
+    "SyncJobContext",
+    "UnknownKind",
+    "ValidationError",
+    "Worker",
+    "WorkerConfig",
+    "default_registry",
+    "handler",
+    "open_store",
+]

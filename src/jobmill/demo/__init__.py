@@ -1,0 +1,1 @@
+"""Demo handlers that show what jobmill is for; `make run` serves them."""

@@ -1,0 +1,63 @@
+-- Jobs: `id` (a time-ordered UUID) is the public handle and the primary key; `seq` is the submission
+-- order (the FIFO tie-breaker inside one priority). Times are timestamptz (microseconds, UTC on the wire).
+CREATE TABLE jobmill_jobs (
+    id uuid PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    tenant text NOT NULL,
+    principal text,
+    kind text NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    params jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL,
+    stage text,
+    progress double precision,
+    message text,
+    attempts integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL DEFAULT 1,
+    timeout_s double precision,
+    run_after timestamptz NOT NULL,
+    result jsonb,
+    error jsonb,
+    inputs jsonb NOT NULL DEFAULT '{}',
+    outputs jsonb NOT NULL DEFAULT '{}',
+    idempotency_key text,
+    lease_owner text,
+    lease_token uuid,
+    lease_expires_at timestamptz,
+    event_seq integer NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL,
+    started_at timestamptz,
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL,
+    CONSTRAINT jobmill_jobs_seq_key UNIQUE (seq),
+    CONSTRAINT jobmill_jobs_status_check
+        CHECK (status IN ('pending', 'running', 'cancelling', 'completed', 'failed', 'cancelled'))
+);
+
+CREATE UNIQUE INDEX jobmill_jobs_idempotency ON jobmill_jobs (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- The claim order and queue_position both walk this index: priority desc, then submission order.
+CREATE INDEX jobmill_jobs_claim ON jobmill_jobs (queue, priority DESC, seq) WHERE status = 'pending';
+CREATE INDEX jobmill_jobs_lease ON jobmill_jobs (lease_expires_at) WHERE status IN ('running', 'cancelling');
+CREATE INDEX jobmill_jobs_tenant ON jobmill_jobs (tenant, seq);
+
+-- The change log: `seq` counts from 1 per job (the job's event_seq after the change); `id` is global.
+CREATE TABLE jobmill_events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id uuid NOT NULL,
+    tenant text NOT NULL,
+    seq integer NOT NULL,
+    at timestamptz NOT NULL,
+    type text NOT NULL,
+    status text NOT NULL,
+    stage text,
+    progress double precision,
+    message text,
+    data jsonb,
+    CONSTRAINT jobmill_events_job_seq_key UNIQUE (job_id, seq),
+    CONSTRAINT jobmill_events_status_check
+        CHECK (status IN ('pending', 'running', 'cancelling', 'completed', 'failed', 'cancelled'))
+);
+
+CREATE INDEX jobmill_events_tenant ON jobmill_events (tenant, id);

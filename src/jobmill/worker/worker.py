@@ -1,0 +1,477 @@
+"""The Worker: claims jobs, runs their handlers, renews leases, reaps expired ones, shuts down gracefully.
+
+One asyncio loop per worker process. Store calls are blocking and run on a small thread pool, so the loop
+stays free to react to wake-ups and cancels. Claims are batched (up to the free slots), completions are
+buffered for a few milliseconds and written in one statement, and heartbeats renew every lease in one
+statement; that keeps the commits per job, the real ceiling of a job queue, well below one.
+
+How a running job ends, and what gets recorded:
+    handler returns          -> complete (buffered batch)
+    handler raises           -> retry with backoff, or failed when attempts are spent
+    timeout                  -> process trees killed, failed (error type "timeout"), no retry
+    cancel requested         -> handler cancelled, process trees killed, workdir removed, cancelled
+    lease lost               -> handler cancelled, nothing recorded (the job belongs to someone else now)
+    shutdown past deadline   -> handler cancelled, job handed back to pending, attempt not counted
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+from jobmill.domain.job import Job, JobStatus, JsonObject
+from jobmill.errors import JobmillError, StoreError
+from jobmill.handlers import HandlerRegistry, HandlerSpec
+from jobmill.service import JobService, error_info
+from jobmill.store.base import Completion, Lease, Notification, Subscription
+from jobmill.worker.context import JobCancelled, JobContext, SyncJobContext
+from jobmill.worker.isolated import run_isolated
+
+log = logging.getLogger("jobmill.worker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Completions wait this long for company before they are written in one statement.
+COMPLETION_FLUSH_S = 0.002
+COMPLETION_BATCH = 200
+
+
+class StopReason(Enum):
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    LEASE_LOST = "lease_lost"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class RunningJob:
+    job: Job
+    lease: Lease
+    ctx: JobContext
+    task: asyncio.Task[Any] | None = None
+    stop_reason: StopReason | None = None
+    finishing: bool = False  # the handler returned; its record is being written
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    lost: int = 0
+    recovered: int = 0
+
+
+@dataclass
+class WorkerConfig:
+    queues: Sequence[str] = ("default",)
+    concurrency: int = 4
+    poll_interval_s: float = 0.25
+    lease_s: float = 30.0
+    cancel_grace_s: float = 5.0
+    shutdown_grace_s: float = 10.0
+    workdir_root: Path = field(default_factory=lambda: Path("./var/work"))
+    burst: bool = False
+    claim_batch: int = 100
+
+
+class Worker:
+    def __init__(
+        self,
+        service: JobService,
+        registry: HandlerRegistry,
+        config: WorkerConfig | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.service = service
+        self.registry = registry
+        self.config = config or WorkerConfig()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = WorkerStats()
+        self._running: dict[UUID, RunningJob] = {}
+        self._db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobmill-db")
+        self._handler_pool = ThreadPoolExecutor(
+            max_workers=max(1, self.config.concurrency), thread_name_prefix="jobmill-handler"
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._completions: list[tuple[Completion, asyncio.Future[bool]]] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._started = False
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, lambda: fn(*args, **kwargs))
+
+    def _on_notification(self, note: Notification) -> None:
+        """Called from the store's listener thread (or inline on commit in this process)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(self._handle_notification, note)
+
+    def _handle_notification(self, note: Notification) -> None:
+        if note.topic == "new_job" and (note.queue is None or note.queue in self.config.queues):
+            if self._wake is not None:
+                self._wake.set()
+        elif note.topic == "cancel" and note.job_id is not None:
+            running = self._running.get(note.job_id)
+            if running is not None:
+                self._stop_job(running, StopReason.CANCEL)
+
+    def _stop_job(self, running: RunningJob, reason: StopReason) -> None:
+        if running.stop_reason is not None or running.finishing:
+            return
+        running.stop_reason = reason
+        running.ctx.mark_cancelled()
+        if running.task is not None:
+            running.task.cancel()
+
+    @property
+    def running_jobs(self) -> list[UUID]:
+        return list(self._running)
+
+    # -- main loop ------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Graceful shutdown: stop claiming; running jobs get the shutdown deadline. Safe to call twice."""
+        if self._stopping is not None:
+            self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def force_stop(self) -> None:
+        """Stop now: running jobs are stopped and handed back to pending (attempt not counted)."""
+        self.request_stop()
+        for running in list(self._running.values()):
+            self._stop_job(running, StopReason.SHUTDOWN)
+
+    async def run(self) -> WorkerStats:
+        if self._started:
+            raise RuntimeError("a Worker runs once")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        subscription: Subscription = await self._db(self.service.store.notification_subscribe, self._on_notification)
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="jobmill-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="jobmill-reaper"),
+        ]
+        job_tasks: set[asyncio.Task[None]] = set()
+        log.info("worker %s serving queues %s", self.worker_id, ",".join(self.config.queues))
+        try:
+            await self._claim_loop(job_tasks)
+            await self._drain(job_tasks)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._flush_completions()
+            subscription.close()
+            self._db_pool.shutdown(wait=True)
+            self._handler_pool.shutdown(wait=False, cancel_futures=True)
+        return self.stats
+
+    async def _claim_loop(self, job_tasks: set[asyncio.Task[None]]) -> None:
+        assert self._wake is not None and self._stopping is not None
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                self._wake.clear()
+                try:
+                    claimed = await self._db(
+                        self.service.claim, self.worker_id, self.config.queues, min(free, self.config.claim_batch)
+                    )
+                except StoreError as exc:
+                    log.warning("claim failed, retrying: %s", exc)
+                    await self._sleep_or_wake(self.config.poll_interval_s * 4)
+                    continue
+                for job in claimed:
+                    self._start(job, job_tasks)
+                if claimed and len(claimed) == min(free, self.config.claim_batch):
+                    continue  # there may be more work right now
+            if self.config.burst and not claimed and not self._running:
+                return
+            await self._sleep_or_wake(self.config.poll_interval_s)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _start(self, job: Job, job_tasks: set[asyncio.Task[None]]) -> None:
+        assert job.lease_token is not None
+        self.stats.claimed += 1
+        workdir = Path(self.config.workdir_root) / str(job.id)
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            params=job.params,
+            attempt=job.attempts,
+            workdir=workdir,
+            sink=_StoreSink(self, Lease(job.id, job.lease_token)),
+            cancel_grace_s=self.config.cancel_grace_s,
+            inputs=job.inputs,
+        )
+        running = RunningJob(job, Lease(job.id, job.lease_token), ctx)
+        self._running[job.id] = running
+        task = asyncio.create_task(self._execute(running), name=f"jobmill-job-{job.id}")
+        job_tasks.add(task)
+        task.add_done_callback(job_tasks.discard)
+
+    async def _drain(self, job_tasks: set[asyncio.Task[None]]) -> None:
+        """Shutdown: give running jobs the deadline, then hand the rest back to pending."""
+        if not job_tasks:
+            return
+        log.info("worker %s stopping: waiting up to %ss for %d jobs", self.worker_id,
+                 self.config.shutdown_grace_s, len(job_tasks))
+        _, pending = await asyncio.wait(set(job_tasks), timeout=self.config.shutdown_grace_s)
+        if pending:
+            for running in list(self._running.values()):
+                self._stop_job(running, StopReason.SHUTDOWN)
+            await asyncio.wait(pending)
+
+    # -- one job --------------------------------------------------------------------------------------
+
+    async def _execute(self, running: RunningJob) -> None:
+        job = running.job
+        started = time.monotonic()
+        log.debug("job %s (%s) started, attempt %d", job.id, job.kind, job.attempts)
+        try:
+            try:
+                outcome = await self._invoke(running)
+            finally:
+                # The process trees and the workdir go before anything is recorded: a job reported
+                # cancelled, failed or completed has nothing of it left running or on disk.
+                await running.ctx.processes.kill_all(self.config.cancel_grace_s)
+                await self._db(shutil.rmtree, running.ctx.workdir, True)
+            await self._record(running, outcome)
+            log.debug("job %s (%s) ended: %s after %.3fs", job.id, job.kind,
+                      outcome[1].value if outcome[0] == "stopped" else outcome[0], time.monotonic() - started)
+        except Exception:
+            log.exception("worker failed while running job %s; its lease will expire", job.id)
+        finally:
+            self._running.pop(job.id, None)
+            if self._wake is not None:
+                self._wake.set()  # a slot is free
+
+    async def _invoke(self, running: RunningJob) -> tuple[str, Any]:
+        """Run the handler; returns ("ok", result) or ("error", (info, retryable)) or ("stopped", reason)."""
+        job = running.job
+        try:
+            spec = self.registry.get(job.kind)
+        except JobmillError as exc:
+            return "error", (error_info(exc, error_type="unknown_kind"), False)
+        await self._db(running.ctx.workdir.mkdir, parents=True, exist_ok=True)
+        handler_task = asyncio.create_task(self._call_handler(spec, running))
+        running.task = handler_task
+        if running.stop_reason is not None:  # cancelled while we were setting up
+            handler_task.cancel()
+        try:
+            if job.timeout_s is not None:
+                async with asyncio.timeout(job.timeout_s):
+                    result = await asyncio.shield(handler_task)
+            else:
+                result = await handler_task
+        except TimeoutError:
+            if handler_task.done():  # the handler itself raised TimeoutError
+                return "error", (describe_error(handler_task.exception()), True)
+            self._stop_job(running, StopReason.TIMEOUT)
+            await asyncio.gather(handler_task, return_exceptions=True)
+            return "stopped", StopReason.TIMEOUT
+        except (asyncio.CancelledError, JobCancelled):
+            if running.stop_reason is None:
+                raise
+            return "stopped", running.stop_reason
+        except Exception as exc:
+            if running.stop_reason is not None:
+                return "stopped", running.stop_reason
+            return "error", (describe_error(exc), True)
+        running.finishing = True
+        return "ok", result
+
+    async def _call_handler(self, spec: HandlerSpec, running: RunningJob) -> Any:
+        ctx = running.ctx
+        if spec.isolation == "process":
+            return await run_isolated(spec, running.job, ctx)
+        if spec.is_async:
+            return await spec.fn(ctx)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._handler_pool, spec.fn, SyncJobContext(ctx, loop))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # A thread cannot be killed: its child processes are (via the cancel event), and it gets the
+            # grace period to notice `ctx.cancelled` and return before the job is recorded as stopped.
+            ctx.mark_cancelled()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), self.config.cancel_grace_s)
+            raise
+
+    async def _record(self, running: RunningJob, outcome: tuple[str, Any]) -> None:
+        job, lease = running.job, running.lease
+        kind, value = outcome
+        if kind == "ok":
+            try:
+                if await self._complete(Completion(lease, value)):
+                    self.stats.completed += 1
+                    return
+            except (TypeError, ValueError) as exc:  # a result that is not JSON
+                kind, value = "error", (error_info(exc, error_type="bad_result"), False)
+            else:
+                # Not completed: the job went cancelling meanwhile, or our lease is gone.
+                confirmed = await self._db(self.service.confirm_cancel, lease)
+                if confirmed is not None:
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.lost += 1
+                return
+        if kind == "error":
+            info, retryable = value
+            updated = await self._db(self.service.fail, job, lease, info, retryable=retryable)
+            if updated is None:
+                # The job may be cancelling (cancel raced the failure): finish the cancel.
+                if await self._db(self.service.confirm_cancel, lease) is not None:
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.lost += 1
+            elif updated.status is JobStatus.PENDING:
+                self.stats.retried += 1
+            else:
+                self.stats.failed += 1
+            return
+        reason: StopReason = value
+        if reason is StopReason.CANCEL:
+            if await self._db(self.service.confirm_cancel, lease) is not None:
+                self.stats.cancelled += 1
+        elif reason is StopReason.TIMEOUT:
+            info = {"type": "timeout", "message": f"the job ran longer than its timeout of {job.timeout_s}s"}
+            if await self._db(self.service.fail, job, lease, info, retryable=False) is not None:
+                self.stats.failed += 1
+            elif await self._db(self.service.confirm_cancel, lease) is not None:
+                self.stats.cancelled += 1
+        elif reason is StopReason.SHUTDOWN:
+            if await self._db(self.service.release, lease) is not None:
+                self.stats.released += 1
+            elif await self._db(self.service.confirm_cancel, lease) is not None:
+                self.stats.cancelled += 1
+        else:
+            self.stats.lost += 1
+
+    # -- buffered completions -------------------------------------------------------------------------
+
+    async def _complete(self, completion: Completion) -> bool:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._completions.append((completion, future))
+        if len(self._completions) >= COMPLETION_BATCH:
+            await self._flush_completions()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_later(
+                COMPLETION_FLUSH_S, lambda: asyncio.ensure_future(self._flush_completions())
+            )
+        return await future
+
+    async def _flush_completions(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._completions = self._completions, []
+        if not batch:
+            return
+        try:
+            done = set(await self._db(self.service.complete_many, [c for c, _ in batch]))
+        except Exception as exc:
+            # Each waiting job sees the error; the jobs stay running and their leases expire if need be.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for completion, future in batch:
+            if not future.done():
+                future.set_result(completion.lease.job_id in done)
+
+    # -- leases ---------------------------------------------------------------------------------------
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        # Often enough to keep leases (a third of their length) and to notice cancels within the poll
+        # interval on backends without cross-process notifications.
+        return min(self.config.lease_s / 3, self.config.poll_interval_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            active = [r for r in self._running.values() if not r.finishing]
+            if not active:
+                continue
+            try:
+                held = await self._db(self.service.heartbeat, [r.lease for r in active])
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for running in active:
+                status = held.get(running.job.id)
+                if status is None:
+                    if not running.finishing and running.job.id in self._running:
+                        log.warning("lost the lease on job %s", running.job.id)
+                        self._stop_job(running, StopReason.LEASE_LOST)
+                elif status is JobStatus.CANCELLING:
+                    self._stop_job(running, StopReason.CANCEL)
+
+    async def _reaper_loop(self) -> None:
+        interval = max(0.05, min(self.config.lease_s / 2, 5.0))
+        while True:
+            try:
+                recovered = await self._db(self.service.recover_expired)
+                self.stats.recovered += len(recovered)
+                if any(j.status is JobStatus.PENDING for j in recovered) and self._wake is not None:
+                    self._wake.set()
+            except StoreError as exc:
+                log.warning("lease reaper failed: %s", exc)
+            await asyncio.sleep(interval)
+
+
+def describe_error(exc: BaseException | None) -> JsonObject:
+    """The `error` recorded for a failed attempt: type, message and (for admins) the traceback."""
+    assert exc is not None
+    preset = getattr(exc, "error_info", None)
+    if isinstance(preset, dict):  # raised on behalf of a handler in a child process
+        return preset
+    return error_info(exc, traceback="".join(traceback.format_exception(exc)))
+
+
+class _StoreSink:
+    """Progress of an in-worker handler goes straight to the store, under the job's lease."""
+
+    def __init__(self, worker: Worker, lease: Lease) -> None:
+        self._worker = worker
+        self._lease = lease
+
+    async def report(self, stage: str | None, progress: float | None, message: str | None) -> None:
+        await self._worker._db(self._worker.service.set_progress, self._lease, stage, progress, message)
