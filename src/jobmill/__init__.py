@@ -25,6 +25,7 @@ from jobmill.worker.worker import Worker, WorkerConfig
 
 __all__ = [
     "ConfigError",
+    "HandlerRegistry",
     "InvalidTransition",
     "Job",
     "JobCancelled",
@@ -35,7 +36,6 @@ __all__ = [
     "JobStatus",
     "JobStore",
     "JobmillError",
-    "HandlerRegistry",
     "LeaseLost",
     "ProcessFailed",
     "RetryPolicy",

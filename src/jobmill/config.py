@@ -1,4 +1,7 @@
-"""Settings, read once from the environment (prefix JOBMILL_) or a .env file; nowhere else reads os.environ."""
+"""Settings, read once from the environment (prefix JOBMILL_) or a .env file.
+
+Nothing else in jobmill reads os.environ.
+"""
 
 from __future__ import annotations
 

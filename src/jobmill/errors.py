@@ -1,14 +1,14 @@
 """jobmill's exceptions: one hierarchy, so callers can catch broadly or narrowly.
 
-    JobmillError
-    ├── ConfigError            settings that cannot work (bad URL, unknown scheme)
-    ├── StoreError             the database failed; driver errors are translated into this at the store edge
-    │   └── StoreUnavailable   the database cannot be reached right now (retry later)
-    ├── ValidationError        a request that is malformed or out of bounds (bad params, priority range)
-    ├── UnknownKind            no handler is registered for a job kind
-    ├── JobNotFound            no such job for this tenant (other tenants' jobs are "not found" too)
-    ├── InvalidTransition      the job's state does not allow the operation; carries the current status
-    └── LeaseLost              a worker wrote to a job whose lease it no longer holds
+JobmillError
+├── ConfigError            settings that cannot work (bad URL, unknown scheme)
+├── StoreError             the database failed; driver errors are translated into this at the store edge
+│   └── StoreUnavailable   the database cannot be reached right now (retry later)
+├── ValidationError        a request that is malformed or out of bounds (bad params, priority range)
+├── UnknownKind            no handler is registered for a job kind
+├── JobNotFound            no such job for this tenant (other tenants' jobs are "not found" too)
+├── InvalidTransition      the job's state does not allow the operation; carries the current status
+└── LeaseLost              a worker wrote to a job whose lease it no longer holds
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ class HandlerSpec:
         return inspect.iscoroutinefunction(self.fn)
 
 
+def _identity(fn: Callable[..., Any]) -> tuple[str, str]:
+    return (fn.__module__, fn.__qualname__)
+
+
 class HandlerRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
@@ -55,9 +59,9 @@ class HandlerRegistry:
         if spec.timeout_s is not None and spec.timeout_s <= 0:
             raise ValidationError("timeout_s must be > 0")
         existing = self._specs.get(spec.kind)
-        if existing is not None and existing.fn is not spec.fn:
-            if (existing.fn.__module__, existing.fn.__qualname__) != (spec.fn.__module__, spec.fn.__qualname__):
-                raise ValidationError(f"job kind {spec.kind!r} is registered twice")
+        # Re-importing the same module registers the same function again: that is not a conflict.
+        if existing is not None and _identity(existing.fn) != _identity(spec.fn):
+            raise ValidationError(f"job kind {spec.kind!r} is registered twice")
         self._specs[spec.kind] = spec
 
     def get(self, kind: str) -> HandlerSpec:

@@ -64,7 +64,7 @@ class RetryPolicy:
     max_s: float = 300.0
 
     def delay_s(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        nominal = min(self.max_s, self.base_s * (2 ** max(0, attempt - 1)))
+        nominal = min(self.max_s, self.base_s * 2.0 ** max(0, attempt - 1))
         return nominal / 2 + rand() * nominal / 2
 
 
@@ -83,7 +83,9 @@ class SubmitRequest:
     inputs: JsonObject = field(default_factory=dict)
 
 
-def error_info(exc: BaseException, *, error_type: str | None = None, traceback: str | None = None) -> JsonObject:
+def error_info(
+    exc: BaseException, *, error_type: str | None = None, traceback: str | None = None
+) -> JsonObject:
     info: JsonObject = {"type": error_type or type(exc).__name__, "message": str(exc) or type(exc).__name__}
     if traceback:
         info["traceback"] = traceback
@@ -122,7 +124,9 @@ class JobService:
             raise ValidationError(f"params are {size} bytes; the limit is {MAX_PARAMS_BYTES}")
         if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
             raise ValidationError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
-        max_attempts = request.max_attempts if request.max_attempts is not None else (spec.max_attempts if spec else 1)
+        max_attempts = (
+            request.max_attempts if request.max_attempts is not None else (spec.max_attempts if spec else 1)
+        )
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ValidationError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}")
         timeout_s = request.timeout_s if request.timeout_s is not None else (spec.timeout_s if spec else None)
@@ -164,7 +168,7 @@ class JobService:
     def queue_position(self, job_id: UUID, tenant: str | None = None) -> int | None:
         return self.store.job_queue_position(JobQueuePositionParams(job_id, self.clock(), tenant))
 
-    def list(self, params: JobListParams) -> list[Job]:
+    def list_jobs(self, params: JobListParams) -> list[Job]:
         return self.store.job_list(params)
 
     def events(self, job_id: UUID, tenant: str | None = None, after_seq: int = 0) -> list[JobEvent]:
@@ -196,7 +200,9 @@ class JobService:
     ) -> bool:
         if progress is not None and not 0 <= progress <= 100:
             raise ValidationError(f"progress must be between 0 and 100, not {progress}")
-        return self.store.job_set_progress(JobSetProgressParams(lease, self.clock(), stage, progress, message))
+        return self.store.job_set_progress(
+            JobSetProgressParams(lease, self.clock(), stage, progress, message)
+        )
 
     def complete_many(self, completions: Sequence[Completion]) -> list[UUID]:
         return self.store.job_complete_many(
@@ -257,7 +263,9 @@ class JobService:
             job = self.get(job_id, tenant)
             if job.status is JobStatus.CANCELLING:
                 return job
-            transition = transition_for("cancel", job_id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL)
+            transition = transition_for(
+                "cancel", job_id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL
+            )
             changed = self.store.job_cancel(
                 JobCancelParams(job_id, tenant, self.clock(), edge(transition), job.status)
             )

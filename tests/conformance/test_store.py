@@ -52,7 +52,13 @@ def test_submit_and_get_round_trip(service: JobService, clock: FakeClock) -> Non
     assert result.created
     job = service.get(result.job.id, "acme")
     assert job == result.job
-    assert (job.kind, job.queue, job.priority, job.max_attempts, job.timeout_s) == ("audio.transcode", "audio", 5, 3, 60)
+    assert (job.kind, job.queue, job.priority, job.max_attempts, job.timeout_s) == (
+        "audio.transcode",
+        "audio",
+        5,
+        3,
+        60,
+    )
     assert job.params == {"bitrate": 128, "nested": {"a": [1, 2]}}
     assert job.inputs == {"source": {"key": "k1", "size": 3}}
     assert job.status is JobStatus.PENDING and job.attempts == 0
@@ -68,7 +74,7 @@ def test_tenant_scoping(service: JobService) -> None:
     with pytest.raises(JobNotFound):
         service.cancel(job.id, "b")  # type: ignore[attr-defined]
     assert service.queue_position(job.id, "b") is None  # type: ignore[attr-defined]
-    assert service.list(JobListParams(tenant="b")) == []
+    assert service.list_jobs(JobListParams(tenant="b")) == []
     assert service.events(job.id, "b") == []  # type: ignore[attr-defined]
     with pytest.raises(JobNotFound):
         service.get(uuid4())
@@ -81,7 +87,9 @@ def test_idempotency_key_returns_existing_job_per_tenant(service: JobService) ->
     assert first.created and not again.created and other.created
     assert again.job.id == first.job.id
     assert other.job.id != first.job.id
-    batch = service.submit_many([SubmitRequest(kind="k", tenant="a", idempotency_key="abc"), SubmitRequest(kind="k")])
+    batch = service.submit_many(
+        [SubmitRequest(kind="k", tenant="a", idempotency_key="abc"), SubmitRequest(kind="k")]
+    )
     assert [r.created for r in batch] == [False, True]
 
 
@@ -108,15 +116,15 @@ def test_validation_and_unknown_kind(store: object, clock: FakeClock) -> None:
 def test_list_filters_and_cursor(service: JobService) -> None:
     ids = [submit(service, kind="a" if i % 2 else "b", queue="q", tenant="t").id for i in range(7)]  # type: ignore[attr-defined]
     submit(service, tenant="other")
-    page1 = service.list(JobListParams(tenant="t", limit=3))
+    page1 = service.list_jobs(JobListParams(tenant="t", limit=3))
     assert [j.id for j in page1] == ids[::-1][:3]
-    page2 = service.list(JobListParams(tenant="t", limit=3, before_seq=page1[-1].seq))
+    page2 = service.list_jobs(JobListParams(tenant="t", limit=3, before_seq=page1[-1].seq))
     assert [j.id for j in page2] == ids[::-1][3:6]
-    assert {j.kind for j in service.list(JobListParams(tenant="t", kind="a"))} == {"a"}
+    assert {j.kind for j in service.list_jobs(JobListParams(tenant="t", kind="a"))} == {"a"}
     service.cancel(ids[0], "t")
-    cancelled = service.list(JobListParams(tenant="t", statuses=[JobStatus.CANCELLED]))
+    cancelled = service.list_jobs(JobListParams(tenant="t", statuses=[JobStatus.CANCELLED]))
     assert [j.id for j in cancelled] == [ids[0]]
-    assert service.list(JobListParams(tenant="t", queue="nope")) == []
+    assert service.list_jobs(JobListParams(tenant="t", queue="nope")) == []
 
 
 def test_claim_order_priority_then_fifo(service: JobService) -> None:
@@ -205,7 +213,10 @@ def test_complete_is_compare_and_set_on_the_lease(service: JobService, store: ob
     submit(service)
     a, b = service.claim("w", ["default"], 2)
     done = service.complete_many(
-        [Completion(lease_of(a), {"ok": 1}, {"out.txt": {"key": "x"}}), Completion(Lease(b.id, uuid4()), {"evil": 1})]
+        [
+            Completion(lease_of(a), {"ok": 1}, {"out.txt": {"key": "x"}}),
+            Completion(Lease(b.id, uuid4()), {"evil": 1}),
+        ]
     )
     assert done == [a.id]
     completed = service.get(a.id)
@@ -217,7 +228,9 @@ def test_complete_is_compare_and_set_on_the_lease(service: JobService, store: ob
     assert service.complete_many([Completion(lease_of(a), {"again": 1})]) == []
     assert service.get(a.id).result == {"ok": 1}
     # A completion that claims a source state the table does not allow changes nothing.
-    wrong = JobCompleteManyParams([Completion(lease_of(b), 1)], service.clock(), edge(Transition.CONFIRM_CANCEL))
+    wrong = JobCompleteManyParams(
+        [Completion(lease_of(b), 1)], service.clock(), edge(Transition.CONFIRM_CANCEL)
+    )
     assert store.job_complete_many(wrong) == []  # type: ignore[attr-defined]
 
 
@@ -279,7 +292,7 @@ def test_recover_expired_leases(store: object, clock: FakeClock) -> None:
     retry_job = submit(service, max_attempts=2)
     last_job = submit(service, max_attempts=1)
     cancel_job = submit(service)
-    a, b, c = service.claim("dead", ["default"], 3)
+    a, _b, c = service.claim("dead", ["default"], 3)
     service.cancel(c.id)
     clock.advance(10)
     assert service.recover_expired() == []  # leases still valid
@@ -317,11 +330,15 @@ def test_event_sequence_has_no_gaps(service: JobService) -> None:
     service.fail(running, lease_of(running), {"type": "E", "message": "m"})
     events = service.events(job.id)  # type: ignore[attr-defined]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert events[-1].status is JobStatus.PENDING and events[-1].data == {"error": {"type": "E", "message": "m"}}
+    assert events[-1].status is JobStatus.PENDING and events[-1].data == {
+        "error": {"type": "E", "message": "m"}
+    }
     assert service.get(job.id).event_seq == len(events)  # type: ignore[attr-defined]
 
 
-def test_notifications_reach_other_stores(store_factory: StoreFactory, backend: str, clock: FakeClock) -> None:
+def test_notifications_reach_other_stores(
+    store_factory: StoreFactory, backend: str, clock: FakeClock
+) -> None:
     if backend == "memory":
         pytest.skip("a memory store is private to its connection")
     listener_store = store_factory()

@@ -20,9 +20,11 @@ from jobmill.errors import JobmillError
 from jobmill.handlers import default_registry
 from jobmill.service import JobService, RetryPolicy
 from jobmill.store import open_store
-from jobmill.worker.worker import Worker, WorkerConfig
+from jobmill.worker.worker import Worker, WorkerConfig, WorkerStats
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="jobmill: a self-hosted async job service.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="jobmill: a self-hosted async job service."
+)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -61,7 +63,9 @@ def migrate(
 @app.command()
 def worker(
     app_module: Annotated[str, typer.Option("--app", help="module that registers the handlers")],
-    queues: Annotated[str | None, typer.Option(help="comma-separated queues (default: the handlers' queues)")] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="comma-separated queues (default: the handlers' queues)")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=10_000, help="jobs run at once")] = 4,
     burst: Annotated[bool, typer.Option(help="drain the queues, then exit")] = False,
     database_url: Annotated[str | None, typer.Option(help="overrides JOBMILL_DATABASE_URL")] = None,
@@ -105,7 +109,7 @@ def worker(
     )
 
 
-async def _run_worker(runner: Worker) -> object:
+async def _run_worker(runner: Worker) -> WorkerStats:
     loop = asyncio.get_running_loop()
     signals_seen = 0
 

@@ -1,10 +1,10 @@
 """Demo handlers: each one shows a part of jobmill with real work and real child processes.
 
-    demo.transcode   a media-style job: a child process reports "NN%" lines, parsed into progress, in stages
-    demo.checksum    a sync handler: sha256 of generated data, written to a file in the job's workdir
-    demo.flaky       fails its first `fail_times` attempts (default 2), then succeeds: retries with backoff
-    demo.sleep       an async job that sleeps in steps, for watching progress, queue positions and cancels
-    demo.isolated    a sync handler in its own killable child process (isolation="process")
+demo.transcode   a media-style job: a child process reports "NN%" lines, parsed into progress, in stages
+demo.checksum    a sync handler: sha256 of generated data, written to a file in the job's workdir
+demo.flaky       fails its first `fail_times` attempts (default 2), then succeeds: retries with backoff
+demo.sleep       an async job that sleeps in steps, for watching progress, queue positions and cancels
+demo.isolated    a sync handler in its own killable child process (isolation="process")
 """
 
 from __future__ import annotations

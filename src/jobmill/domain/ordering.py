@@ -26,5 +26,7 @@ def oracle_position(job: Job, queue_jobs: Iterable[Job], now: datetime) -> int |
         return None
     key = claim_sort_key(job)
     return 1 + sum(
-        1 for other in queue_jobs if other.queue == job.queue and other.is_runnable(now) and claim_sort_key(other) < key
+        1
+        for other in queue_jobs
+        if other.queue == job.queue and other.is_runnable(now) and claim_sort_key(other) < key
     )

@@ -229,7 +229,8 @@ class SqliteJobStore:
         data: dict[str, Any] | None = None,
     ) -> None:
         conn.executemany(
-            "INSERT INTO jobmill_events (job_id, tenant, seq, at, type, status, stage, progress, message, data)"
+            "INSERT INTO jobmill_events"
+            " (job_id, tenant, seq, at, type, status, stage, progress, message, data)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
             [
                 (
@@ -366,7 +367,8 @@ class SqliteJobStore:
         now = _ts(params.now)
         with self._write() as conn:
             rows = conn.execute(
-                f"UPDATE jobmill_jobs SET status = ?, attempts = attempts + 1, lease_owner = ?, lease_token = ?,"
+                f"UPDATE jobmill_jobs SET status = ?, attempts = attempts + 1, lease_owner = ?,"
+                f" lease_token = ?,"
                 f" lease_expires_at = ?, started_at = ?, updated_at = ?, event_seq = event_seq + 1,"
                 f" stage = NULL, progress = NULL, message = NULL, error = NULL"
                 f" WHERE seq IN (SELECT seq FROM jobmill_jobs WHERE status = ?"
@@ -468,12 +470,13 @@ class SqliteJobStore:
     ) -> sqlite3.Row | None:
         """CAS on (id, lease token, status); returns the job row after the change, or None."""
         status_list = [s.value for s in sources]
-        return conn.execute(
+        row: sqlite3.Row | None = conn.execute(
             f"UPDATE jobmill_jobs SET {assignments}, event_seq = event_seq + 1"
             f" WHERE id = ? AND lease_token = ? AND status IN ({_placeholders(len(status_list))})"
             f" RETURNING {JOB_COLUMNS}",
             (*args, str(lease.job_id), str(lease.token), *status_list),
         ).fetchone()
+        return row
 
     def _finish_attempt(
         self,
@@ -550,7 +553,7 @@ class SqliteJobStore:
             sql += " AND tenant = ?"
             all_args.append(tenant)
         with self._write() as conn:
-            row = conn.execute(sql + f" RETURNING {JOB_COLUMNS}", all_args).fetchone()
+            row: sqlite3.Row | None = conn.execute(sql + f" RETURNING {JOB_COLUMNS}", all_args).fetchone()
             if row is not None:
                 self._append_events(conn, [row], event_type, now)
         return row

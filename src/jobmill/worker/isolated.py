@@ -52,7 +52,10 @@ async def run_isolated(spec: HandlerSpec, job: Job, ctx: JobContext) -> Any:
     module = spec.fn.__module__
     if module == "__main__":
         raise HandlerProcessError(
-            {"type": "config", "message": "isolation='process' needs a handler defined in an importable module"}
+            {
+                "type": "config",
+                "message": "isolation='process' needs a handler defined in an importable module",
+            }
         )
     request = {
         "module": module,

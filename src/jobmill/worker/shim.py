@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 import sys
-from types import FrameType
+
+# `typing` and `signal` (via enum) cost several ms of startup, a third of the shim's own overhead;
+# `_signal` is the C module behind `signal`, with the same functions and plain-int constants.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    from types import FrameType
+else:
+    import _signal as signal
 
 PR_SET_PDEATHSIG = 1
 EXIT_CANNOT_EXEC = 127

@@ -100,6 +100,15 @@ def _describe_status(returncode: int) -> str:
 
 def process_group_members(pgid: int) -> list[int]:
     """Pids of the live (non-zombie) processes whose process group is ``pgid``, from /proc."""
+    if pgid <= 0:
+        raise ValueError(f"not a process group id: {pgid}")
+    # A /proc scan costs ~30 us per process on the host; the kernel answers "no such group" for free.
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
     members: list[int] = []
     with os.scandir("/proc") as entries:
         for entry in entries:

@@ -176,7 +176,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        subscription: Subscription = await self._db(self.service.store.notification_subscribe, self._on_notification)
+        subscription: Subscription = await self._db(
+            self.service.store.notification_subscribe, self._on_notification
+        )
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="jobmill-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="jobmill-reaper"),
@@ -205,7 +207,10 @@ class Worker:
                 self._wake.clear()
                 try:
                     claimed = await self._db(
-                        self.service.claim, self.worker_id, self.config.queues, min(free, self.config.claim_batch)
+                        self.service.claim,
+                        self.worker_id,
+                        self.config.queues,
+                        min(free, self.config.claim_batch),
                     )
                 except StoreError as exc:
                     log.warning("claim failed, retrying: %s", exc)
@@ -248,8 +253,12 @@ class Worker:
         """Shutdown: give running jobs the deadline, then hand the rest back to pending."""
         if not job_tasks:
             return
-        log.info("worker %s stopping: waiting up to %ss for %d jobs", self.worker_id,
-                 self.config.shutdown_grace_s, len(job_tasks))
+        log.info(
+            "worker %s stopping: waiting up to %ss for %d jobs",
+            self.worker_id,
+            self.config.shutdown_grace_s,
+            len(job_tasks),
+        )
         _, pending = await asyncio.wait(set(job_tasks), timeout=self.config.shutdown_grace_s)
         if pending:
             for running in list(self._running.values()):
@@ -271,8 +280,13 @@ class Worker:
                 await running.ctx.processes.kill_all(self.config.cancel_grace_s)
                 await self._db(shutil.rmtree, running.ctx.workdir, True)
             await self._record(running, outcome)
-            log.debug("job %s (%s) ended: %s after %.3fs", job.id, job.kind,
-                      outcome[1].value if outcome[0] == "stopped" else outcome[0], time.monotonic() - started)
+            log.debug(
+                "job %s (%s) ended: %s after %.3fs",
+                job.id,
+                job.kind,
+                outcome[1].value if outcome[0] == "stopped" else outcome[0],
+                time.monotonic() - started,
+            )
         except Exception:
             log.exception("worker failed while running job %s; its lease will expire", job.id)
         finally:
