@@ -1,0 +1,80 @@
+"""The `jobmill` command as a user runs it: a subprocess, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.processes import REPO
+
+
+def jobmill(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "jobmill.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_migrate_applies_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db' / 'jobs.db'}"
+    first = jobmill("migrate", "--database-url", url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "applied: 0001_init" or first.stdout.strip() == "the schema is up to date"
+    again = jobmill("migrate", env={"JOBMILL_DATABASE_URL": url})
+    assert again.returncode == 0 and again.stdout.strip() == "the schema is up to date"
+
+
+def test_migrate_postgres(pg_url: str) -> None:
+    result = jobmill("migrate", "--database-url", pg_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "the schema is up to date"
+
+
+def test_bad_database_url_is_one_line(tmp_path: Path) -> None:
+    result = jobmill("migrate", "--database-url", "mysql://nowhere/db")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("jobmill: unsupported database URL 'mysql://nowhere/db'")
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_postgres_is_one_line() -> None:
+    result = jobmill("migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_worker_with_unknown_module_is_one_line(tmp_path: Path) -> None:
+    result = jobmill(
+        "worker", "--app", "no.such.module", env={"JOBMILL_DATABASE_URL": f"sqlite:///{tmp_path}/j.db"}
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "jobmill: cannot import handler module 'no.such.module': No module named 'no'"
+    )
+
+
+def test_worker_burst_runs_the_demo_handlers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    seed = (
+        "import jobmill.demo.handlers\n"
+        "from jobmill import JobService, SubmitRequest, open_store, default_registry\n"
+        f"s = JobService(open_store({url!r}), registry=default_registry)\n"
+        "s.submit(SubmitRequest(kind='demo.transcode', params={'steps': 3, 'delay_s': 0.05}))\n"
+        "s.submit(SubmitRequest(kind='demo.checksum', params={'size_bytes': 100000}))\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], check=True, cwd=REPO, timeout=60)
+    env = {"JOBMILL_DATABASE_URL": url, "JOBMILL_WORKDIR_ROOT": str(tmp_path / "work")}
+    result = jobmill("worker", "--app", "jobmill.demo.handlers", "--burst", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "worker stopped: 2 completed, 0 failed" in result.stdout
