@@ -30,7 +30,7 @@ pytest: setup services
 test: lint pytest
 
 bench: setup services
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
