@@ -214,6 +214,19 @@ def test_without_stdin_data_the_command_reads_eof() -> None:
     assert run(run_supervised(["cat"])).output_tail == ""
 
 
+def test_command_starts_with_default_signals_and_only_its_own_fds() -> None:
+    """Python ignores SIGPIPE/SIGXFSZ and the shim ignores SIGINT; none of that may reach the command,
+    nor may the shim's status pipe."""
+    sig_ignored = run(run_supervised(["grep", "^SigIgn", "/proc/self/status"])).output_tail
+    assert sig_ignored == "SigIgn:\t0000000000000000\n"
+    fds = [
+        line.rsplit(" ", 3)[1:]
+        for line in run(run_supervised(["ls", "-l", "/proc/self/fd"])).output_tail.splitlines()[1:]
+    ]
+    pipes = sorted(fd for fd, _, target in fds if target.startswith("pipe:"))
+    assert pipes == ["1", "2"], fds
+
+
 def test_output_tail_is_bounded_and_every_line_is_delivered() -> None:
     count = 0
 
@@ -370,7 +383,7 @@ def test_escaped_process_cannot_hang_the_run(reaper: Reaper, tmp_path: Path) -> 
             reaper.pids.add(int(pidfile.read_text()))
     assert time.monotonic() - started < 5
     assert (result.returncode, lines) == (0, ["started"])
-    assert wait_until(lambda: reaper.pids and all(is_live_sleep(pid) for pid in reaper.pids), 2.0)
+    assert wait_until(lambda: bool(reaper.pids) and all(is_live_sleep(pid) for pid in reaper.pids), 2.0)
 
 
 def test_worker_sigkill_kills_the_tree(reaper: Reaper) -> None:
@@ -447,6 +460,22 @@ def test_sync_runner_output_and_status() -> None:
     with pytest.raises(ProcessFailed):
         run_supervised_sync(["false"])
     assert run_supervised_sync(["/nonexistent/jobmill-tool"], check=False).returncode == 127
+
+
+def test_sync_failing_on_line_kills_the_tree_and_propagates(reaper: Reaper) -> None:
+    calls: list[int] = []
+
+    def on_line(line: str) -> None:
+        pgid = reaper.group(next(iter(reaper.registry.pgids())))
+        assert wait_until(lambda: tree_is_up(pgid), 5.0), live_group_pids(pgid)
+        calls.append(pgid)
+        raise RuntimeError(f"handler choked on {line!r}")
+
+    argv = ["sh", "-c", "sleep 600 & echo hello; echo more; sleep 600"]
+    with pytest.raises(RuntimeError, match="choked on 'hello'"):
+        run_supervised_sync(argv, on_line=on_line, grace_s=1, registry=reaper.registry)
+    assert len(calls) == 1, "on_line must not be called again once it failed"
+    assert live_group_pids(calls[0]) == []
 
 
 def test_sync_cancel_event_kills_the_tree(reaper: Reaper) -> None:

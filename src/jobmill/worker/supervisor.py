@@ -497,6 +497,13 @@ class _AsyncRun:
             except asyncio.CancelledError:
                 interrupted = True
         _log_survivors(remaining)
+        # A SIGKILLed shim no longer counts as a member once it is a zombie, but asyncio's child watcher
+        # must reap it before the transport is closed: close() would reap it behind the watcher's back.
+        while not exited.done() and (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait({exited}, timeout=left)
+            except asyncio.CancelledError:
+                interrupted = True
         self.settled = True
         pump = self._pump_task
         if pump is not None:
@@ -626,12 +633,9 @@ class _SyncRun:
             self._selector.register(self._stdin, selectors.EVENT_WRITE, "in")
 
     def close(self) -> None:
+        """Release the selector and the pidfd; the pipes belong to ``proc``."""
         self._selector.close()
         os.close(self._pidfd)
-        self._stdout.close()
-        if self._stdin is not None:
-            with contextlib.suppress(OSError):
-                self._stdin.close()
 
     def supervise(self, cancel_event: threading.Event | None) -> int:
         """Wait for the command and its group to end; returns the command's exit status."""
@@ -658,11 +662,13 @@ class _SyncRun:
             status = self.proc.returncode
         return status
 
-    def terminate(self, grace_s: float) -> None:
-        """SIGTERM, up to ``grace_s`` for the group to go (still draining output), then SIGKILL."""
-        # After a failure in on_line, keep reading (a command blocked on a full pipe cannot shut down)
-        # but do not call it again.
-        self._deliver = False
+    def terminate(self, grace_s: float, *, deliver: bool) -> None:
+        """SIGTERM, up to ``grace_s`` for the group to go, then SIGKILL.
+
+        Output keeps being read meanwhile (a command blocked on a full pipe cannot shut down), but only
+        passed to on_line if ``deliver``: not after on_line itself failed.
+        """
+        self._deliver = self._deliver and deliver
         if not self.exited:
             _signal_group(self.pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
@@ -673,12 +679,7 @@ class _SyncRun:
         self.kill_now()
 
     def kill_now(self) -> None:
-        if self.proc.poll() is None or process_group_members(self.pgid):
-            _signal_group(self.pgid, signal.SIGKILL)
-        # The shim is still our unreaped child until wait() returns, which keeps the pgid reserved.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=GROUP_GONE_TIMEOUT_S)
-        _await_group_gone_sync(self.pgid, GROUP_GONE_TIMEOUT_S)
+        _kill_shim_group(self.proc)
         self.settled = True
 
     def _step(self, timeout: float | None) -> bool:
@@ -717,7 +718,8 @@ class _SyncRun:
         self._stdin_data = self._stdin_data[written:]
         if not self._stdin_data:
             self._selector.unregister(self._stdin)
-            self._stdin.close()
+            with contextlib.suppress(OSError):
+                self._stdin.close()
             self._stdin = None
 
     def _emit(self, lines: list[str]) -> None:
@@ -774,29 +776,29 @@ def run_supervised_sync(
     try:
         run = _SyncRun(argv_t, proc, status_r, on_line, stdin_data)
         returncode = run.supervise(cancel_event)
-    except Exception:
+    except Exception as exc:
         if run is not None and not run.settled:
-            run.terminate(grace_s)
+            run.terminate(grace_s, deliver=isinstance(exc, ProcessCancelled))
         raise
     finally:
         if run is None or not run.settled:
-            _kill_unsupervised(proc)
+            _kill_shim_group(proc)
         if run is not None:
             run.close()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         if registry is not None:
             registry.remove(proc.pid)
         os.close(status_r)
     return _finish(argv_t, returncode, run.output, check)
 
 
-def _kill_unsupervised(proc: subprocess.Popen[Any]) -> None:
-    # Before wait() reaps the shim its pid stays reserved, so the pgid cannot name anyone else yet.
+def _kill_shim_group(proc: subprocess.Popen[Any]) -> None:
+    # Until wait() reaps the shim its pid stays reserved, so the pgid cannot name anyone else yet.
     if proc.poll() is None or process_group_members(proc.pid):
         _signal_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=GROUP_GONE_TIMEOUT_S)
     _await_group_gone_sync(proc.pid, GROUP_GONE_TIMEOUT_S)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
