@@ -103,4 +103,3 @@ def test_public_api_is_explicit() -> None:
     public = {n for n in dir(jobmill) if not n.startswith("_")}
     submodules = {"cli", "config", "demo", "domain", "errors", "handlers", "service", "store", "worker"}
     assert public - submodules == set(jobmill.__all__)
-
