@@ -52,6 +52,17 @@ class JobNotFound(JobmillError):
         self.job_id = job_id
 
 
+class Forbidden(JobmillError):
+    pass
+
+
+class IdempotencyConflict(JobmillError):
+    def __init__(self, key: str, job_id: UUID) -> None:
+        super().__init__(f"idempotency key {key!r} was already used for a different request (job {job_id})")
+        self.key = key
+        self.job_id = job_id
+
+
 class InvalidTransition(JobmillError):
     def __init__(self, job_id: UUID, action: str, current: JobStatus) -> None:
         super().__init__(f"cannot {action} job {job_id}: it is {current.value}")

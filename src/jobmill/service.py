@@ -7,20 +7,23 @@ user-facing operations re-read and decide again; worker-side ones report that th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from jobmill.domain.admin import AuditEntry, AuditRecord
 from jobmill.domain.job import Job, JobEvent, JobStatus, JsonObject, NewJob, uuid7
 from jobmill.domain.ordering import PRIORITY_MAX, PRIORITY_MIN
 from jobmill.domain.transitions import Transition, edge, transition_for
-from jobmill.errors import InvalidTransition, JobNotFound, ValidationError
+from jobmill.errors import Forbidden, IdempotencyConflict, InvalidTransition, JobNotFound, ValidationError
 from jobmill.handlers import HandlerRegistry, check_name
 from jobmill.store.base import (
+    AuditListParams,
     Completion,
     EventListParams,
     JobCancelParams,
@@ -28,6 +31,7 @@ from jobmill.store.base import (
     JobCompleteManyParams,
     JobConfirmCancelParams,
     JobFailParams,
+    JobFindCachedParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -35,12 +39,14 @@ from jobmill.store.base import (
     JobListExpiredParams,
     JobListParams,
     JobQueuePositionParams,
+    JobQueueStatsParams,
     JobRecoverParams,
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
     JobStore,
     Lease,
+    QueueStats,
 )
 
 Clock = Callable[[], datetime]
@@ -50,6 +56,14 @@ MAX_PARAMS_BYTES = 256 * 1024
 MAX_ATTEMPTS_LIMIT = 100
 # How many CAS races a user operation retries before giving up (each retry re-reads the job).
 CAS_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a user or admin operation: the principal's subject and whether it is an admin."""
+
+    subject: str
+    is_admin: bool = False
 
 
 def utc_now() -> datetime:
@@ -83,6 +97,20 @@ class SubmitRequest:
     inputs: JsonObject = field(default_factory=dict)
 
 
+def _digest(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _input_hashes(inputs: JsonObject) -> list[tuple[str, str | None]]:
+    return sorted((name, meta.get("sha256") if isinstance(meta, dict) else None) for name, meta in inputs.items())
+
+
+def _snapshot(job: Job) -> JsonObject:
+    """What the audit log keeps of a job before an admin action."""
+    return {"status": job.status.value, "priority": job.priority}
+
+
 def error_info(
     exc: BaseException, *, error_type: str | None = None, traceback: str | None = None
 ) -> JsonObject:
@@ -101,12 +129,14 @@ class JobService:
         clock: Clock = utc_now,
         lease_s: float = 30.0,
         retry: RetryPolicy | None = None,
+        cache_ttl_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
         self.lease_s = lease_s
         self.retry = retry or RetryPolicy()
+        self.cache_ttl_s = cache_ttl_s
 
     # -- submission -----------------------------------------------------------------------------------
 
@@ -117,9 +147,13 @@ class JobService:
         if not isinstance(request.params, dict):
             raise ValidationError("params must be a JSON object")
         try:
-            size = len(json.dumps(request.params, separators=(",", ":")))
+            encoded = json.dumps(request.params, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"params are not JSON-serialisable: {exc}") from exc
+        size = len(encoded)
+        # PostgreSQL's jsonb cannot hold NUL characters; refuse them everywhere, so backends agree.
+        if "\\u0000" in encoded:
+            raise ValidationError("params must not contain NUL characters (\\u0000)")
         if size > MAX_PARAMS_BYTES:
             raise ValidationError(f"params are {size} bytes; the limit is {MAX_PARAMS_BYTES}")
         if not PRIORITY_MIN <= request.priority <= PRIORITY_MAX:
@@ -134,6 +168,24 @@ class JobService:
             raise ValidationError("timeout_s must be > 0")
         if request.idempotency_key is not None and not 1 <= len(request.idempotency_key) <= 255:
             raise ValidationError("idempotency_key must be 1-255 characters")
+        run_after = request.run_after or now
+        # Two submissions are "the same request" when everything that shapes the job is the same.
+        request_hash = _digest(
+            [
+                request.kind,
+                request.params,
+                queue,
+                request.priority,
+                max_attempts,
+                timeout_s,
+                request.run_after.isoformat() if request.run_after else None,
+                _input_hashes(request.inputs),
+            ]
+        )
+        cacheable = spec is not None and spec.cacheable
+        cache_key = (
+            _digest([request.kind, request.params, _input_hashes(request.inputs)]) if cacheable else None
+        )
         return NewJob(
             id=uuid7(),
             tenant=request.tenant,
@@ -144,18 +196,39 @@ class JobService:
             params=request.params,
             max_attempts=max_attempts,
             timeout_s=timeout_s,
-            run_after=request.run_after or now,
+            run_after=run_after,
             idempotency_key=request.idempotency_key,
             inputs=request.inputs,
+            request_hash=request_hash,
+            cache_key=cache_key,
         )
 
     def submit(self, request: SubmitRequest) -> JobInsertResult:
         return self.submit_many([request])[0]
 
     def submit_many(self, requests: Sequence[SubmitRequest]) -> list[JobInsertResult]:
+        """Create jobs in one statement. A known idempotency key returns the earlier job (created=False),
+        or raises IdempotencyConflict when the request differs; a cacheable kind whose result is known
+        gets a job created already completed, with `cached` set."""
         now = self.clock()
-        jobs = [self._new_job(r, now) for r in requests]
-        return self.store.job_insert_many(JobInsertManyParams(jobs, now))
+        jobs = [self._with_cached_result(self._new_job(r, now), now) for r in requests]
+        results = self.store.job_insert_many(JobInsertManyParams(jobs, now))
+        for new, result in zip(jobs, results, strict=True):
+            earlier = result.job
+            if not result.created and earlier.request_hash not in (None, new.request_hash):
+                assert new.idempotency_key is not None
+                raise IdempotencyConflict(new.idempotency_key, earlier.id)
+        return results
+
+    def _with_cached_result(self, new: NewJob, now: datetime) -> NewJob:
+        if new.cache_key is None or self.cache_ttl_s <= 0:
+            return new
+        cached = self.store.job_find_cached(
+            JobFindCachedParams(
+                new.tenant, new.kind, new.cache_key, now - timedelta(seconds=self.cache_ttl_s)
+            )
+        )
+        return new if cached is None else replace(new, cached_from=cached)
 
     # -- reading --------------------------------------------------------------------------------------
 
@@ -173,6 +246,13 @@ class JobService:
 
     def events(self, job_id: UUID, tenant: str | None = None, after_seq: int = 0) -> list[JobEvent]:
         return self.store.event_list(EventListParams(job_id=job_id, tenant=tenant, after_seq=after_seq))
+
+    def queue_stats(self, tenant: str | None, window_s: float = 3600.0) -> list[QueueStats]:
+        since = self.clock() - timedelta(seconds=window_s)
+        return self.store.job_queue_stats(JobQueueStatsParams(tenant, since))
+
+    def audit_log(self, tenant: str, before_id: int | None = None, limit: int = 100) -> list[AuditRecord]:
+        return self.store.audit_list(AuditListParams(tenant, before_id, limit))
 
     # -- worker side ----------------------------------------------------------------------------------
 
@@ -257,39 +337,68 @@ class JobService:
 
     # -- user and admin side --------------------------------------------------------------------------
 
-    def cancel(self, job_id: UUID, tenant: str | None = None) -> Job:
-        """Pending: cancelled at once. Running: cancelling (its worker stops it). Cancelling: unchanged."""
+    def cancel(
+        self,
+        job_id: UUID,
+        tenant: str | None = None,
+        actor: Actor | None = None,
+        *,
+        admin_action: bool = False,
+    ) -> Job:
+        """Pending: cancelled at once. Running: cancelling (its worker stops it). Cancelling: unchanged.
+
+        Users may cancel the jobs they submitted; admins any job of their tenant. An admin acting on
+        another's job, or through the admin endpoint (`admin_action`), is written to the audit log.
+        """
+        if admin_action and (actor is None or not actor.is_admin):
+            raise Forbidden("only admins may use the admin cancel")
         for _ in range(CAS_RETRIES):
             job = self.get(job_id, tenant)
+            if actor is not None and not actor.is_admin and job.principal != actor.subject:
+                raise Forbidden("users may cancel only the jobs they submitted")
             if job.status is JobStatus.CANCELLING:
                 return job
             transition = transition_for(
                 "cancel", job_id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL
             )
+            audited = (
+                actor is not None and actor.is_admin and (admin_action or job.principal != actor.subject)
+            )
+            audit = AuditEntry(actor.subject, "job.cancel", _snapshot(job)) if audited and actor else None
             changed = self.store.job_cancel(
-                JobCancelParams(job_id, tenant, self.clock(), edge(transition), job.status)
+                JobCancelParams(job_id, tenant, self.clock(), edge(transition), job.status, audit)
             )
             if changed is not None:
                 return changed
         raise InvalidTransition(job_id, "cancel", self.get(job_id, tenant).status)
 
-    def reprioritize(self, job_id: UUID, priority: int, tenant: str | None = None) -> tuple[Job, int | None]:
-        """Change a pending job's priority; returns the job and its new queue position."""
+    def reprioritize(
+        self, job_id: UUID, priority: int, tenant: str | None = None, actor: Actor | None = None
+    ) -> tuple[Job, int | None]:
+        """Change a pending job's priority (audited when an actor is given); returns the job and its
+        new queue position."""
         if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise ValidationError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
-        changed = self.store.job_reprioritize(JobReprioritizeParams(job_id, tenant, priority, self.clock()))
+        before = self.get(job_id, tenant)
+        audit = AuditEntry(actor.subject, "job.reprioritize", _snapshot(before)) if actor else None
+        changed = self.store.job_reprioritize(
+            JobReprioritizeParams(job_id, tenant, priority, self.clock(), audit)
+        )
         if changed is None:
             current = self.get(job_id, tenant)
             raise InvalidTransition(job_id, "change the priority of", current.status)
         return changed, self.queue_position(job_id, tenant)
 
-    def requeue(self, job_id: UUID, tenant: str | None = None) -> Job:
+    def requeue(self, job_id: UUID, tenant: str | None = None, actor: Actor | None = None) -> Job:
         """Admin retry: put a failed or cancelled job back in its queue with a fresh set of attempts."""
         for _ in range(CAS_RETRIES):
             job = self.get(job_id, tenant)
             transition = transition_for("retry", job_id, job.status, Transition.REQUEUE)
+            audit = AuditEntry(actor.subject, "job.retry", _snapshot(job)) if actor else None
             changed = self.store.job_requeue(
-                JobRequeueParams(job_id, tenant, self.clock(), edge(transition), job.status, job.max_attempts)
+                JobRequeueParams(
+                    job_id, tenant, self.clock(), edge(transition), job.status, job.max_attempts, audit
+                )
             )
             if changed is not None:
                 return changed

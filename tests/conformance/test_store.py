@@ -10,9 +10,16 @@ import pytest
 
 from jobmill.domain.job import JobStatus
 from jobmill.domain.transitions import Transition, edge
-from jobmill.errors import InvalidTransition, JobNotFound, UnknownKind, ValidationError
+from jobmill.errors import (
+    Forbidden,
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    UnknownKind,
+    ValidationError,
+)
 from jobmill.handlers import HandlerRegistry, HandlerSpec
-from jobmill.service import JobService, RetryPolicy, SubmitRequest
+from jobmill.service import Actor, JobService, RetryPolicy, SubmitRequest
 from jobmill.store.base import (
     Completion,
     JobCompleteManyParams,
@@ -81,16 +88,45 @@ def test_tenant_scoping(service: JobService) -> None:
 
 
 def test_idempotency_key_returns_existing_job_per_tenant(service: JobService) -> None:
-    first = service.submit(SubmitRequest(kind="k", tenant="a", idempotency_key="abc"))
+    first = service.submit(SubmitRequest(kind="k", tenant="a", idempotency_key="abc", params={"x": 1}))
     again = service.submit(SubmitRequest(kind="k", tenant="a", idempotency_key="abc", params={"x": 1}))
-    other = service.submit(SubmitRequest(kind="k", tenant="b", idempotency_key="abc"))
+    other = service.submit(SubmitRequest(kind="k", tenant="b", idempotency_key="abc", params={"x": 2}))
     assert first.created and not again.created and other.created
     assert again.job.id == first.job.id
     assert other.job.id != first.job.id
     batch = service.submit_many(
-        [SubmitRequest(kind="k", tenant="a", idempotency_key="abc"), SubmitRequest(kind="k")]
+        [SubmitRequest(kind="k", tenant="a", idempotency_key="abc", params={"x": 1}), SubmitRequest(kind="k")]
     )
     assert [r.created for r in batch] == [False, True]
+    # The same key with a different request is a conflict, and changes nothing.
+    with pytest.raises(IdempotencyConflict) as info:
+        service.submit(SubmitRequest(kind="k", tenant="a", idempotency_key="abc", params={"x": 2}))
+    assert info.value.job_id == first.job.id
+    assert service.get(first.job.id).params == {"x": 1}
+
+
+def test_result_cache_serves_completed_jobs(store: object, clock: FakeClock) -> None:
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("cached.kind", lambda ctx: None, cacheable=True))
+    registry.register(HandlerSpec("plain.kind", lambda ctx: None))
+    service = JobService(store, registry=registry, clock=clock, cache_ttl_s=60)  # type: ignore[arg-type]
+    first = service.submit(SubmitRequest(kind="cached.kind", params={"n": 1}, tenant="t")).job
+    (running,) = service.claim("w", ["default"], 1)
+    service.complete_many([Completion(lease_of(running), {"answer": 42}, {"out": {"key": "k1"}})])
+    hit = service.submit(SubmitRequest(kind="cached.kind", params={"n": 1}, tenant="t")).job
+    assert hit.id != first.id and hit.cached and hit.status is JobStatus.COMPLETED
+    assert hit.result == {"answer": 42} and hit.outputs == {"out": {"key": "k1"}}
+    assert [e.status for e in service.events(hit.id)] == [JobStatus.COMPLETED]
+    # Other params, another tenant, a non-cacheable kind or an expired entry: a fresh pending job.
+    misses = [
+        SubmitRequest(kind="cached.kind", params={"n": 2}, tenant="t"),
+        SubmitRequest(kind="cached.kind", params={"n": 1}, tenant="other"),
+    ]
+    assert all(service.submit(m).job.status is JobStatus.PENDING for m in misses)
+    clock.advance(61)
+    assert service.submit(SubmitRequest(kind="cached.kind", params={"n": 1}, tenant="t")).job.status is (
+        JobStatus.PENDING
+    )
 
 
 def test_validation_and_unknown_kind(store: object, clock: FakeClock) -> None:
@@ -108,6 +144,7 @@ def test_validation_and_unknown_kind(store: object, clock: FakeClock) -> None:
         SubmitRequest(kind="known", params=[1, 2]),  # type: ignore[arg-type]
         SubmitRequest(kind="known", params={"big": "x" * 300_000}),
         SubmitRequest(kind="known", timeout_s=-1),
+        SubmitRequest(kind="known", params={"nul": "a\x00b"}),
     ):
         with pytest.raises(ValidationError):
             service.submit(bad)
@@ -383,3 +420,96 @@ def test_concurrent_claims_never_share_a_job(store_factory: StoreFactory, backen
     everything = [i for ids in claimed for i in ids]
     assert len(everything) == 300
     assert len(set(everything)) == 300
+
+
+def test_admin_actions_are_audited_in_the_same_transaction(service: JobService) -> None:
+    admin, user = Actor("key:admin", is_admin=True), Actor("key:user")
+    mine = submit(service, tenant="t", principal="key:user")
+    theirs = submit(service, tenant="t", principal="key:other")
+    with pytest.raises(Forbidden):
+        service.cancel(theirs.id, "t", user)  # type: ignore[attr-defined]
+    assert service.cancel(mine.id, "t", user).status is JobStatus.CANCELLED  # type: ignore[attr-defined]
+    assert service.audit_log("t") == []  # a user cancelling its own job is not an admin action
+    _, position = service.reprioritize(theirs.id, 7, "t", admin)  # type: ignore[attr-defined]
+    assert position == 1
+    service.cancel(theirs.id, "t", admin)  # type: ignore[attr-defined]
+    service.requeue(theirs.id, "t", admin)  # type: ignore[attr-defined]
+    log = service.audit_log("t")
+    assert [(r.action, r.actor, r.job_id) for r in log] == [
+        ("job.retry", "key:admin", theirs.id),  # type: ignore[attr-defined]
+        ("job.cancel", "key:admin", theirs.id),  # type: ignore[attr-defined]
+        ("job.reprioritize", "key:admin", theirs.id),  # type: ignore[attr-defined]
+    ]
+    assert log[2].before == {"status": "pending", "priority": 0}
+    assert log[2].after == {"status": "pending", "priority": 7}
+    assert log[1].after == {"status": "cancelled", "priority": 7}
+    assert service.audit_log("other-tenant") == []
+    assert [r.id for r in service.audit_log("t", before_id=log[0].id)] == [log[1].id, log[2].id]
+    # A failed CAS writes no audit row.
+    with pytest.raises(InvalidTransition):
+        service.reprioritize(mine.id, 3, "t", admin)  # type: ignore[attr-defined]
+    assert len(service.audit_log("t")) == 3
+
+
+def test_admin_cancel_endpoint_semantics(service: JobService) -> None:
+    job = submit(service, tenant="t", principal="key:admin")
+    with pytest.raises(Forbidden):
+        service.cancel(job.id, "t", Actor("key:user"), admin_action=True)  # type: ignore[attr-defined]
+    service.cancel(job.id, "t", Actor("key:admin", is_admin=True), admin_action=True)  # type: ignore[attr-defined]
+    assert [r.action for r in service.audit_log("t")] == ["job.cancel"]
+
+
+def test_api_keys(store: object, clock: FakeClock) -> None:
+    from jobmill.domain.admin import ApiKeyRecord, AuditEntry
+    from jobmill.store.base import ApiKeyInsertParams, ApiKeyListParams, ApiKeyRevokeParams
+
+    s = store  # type: ignore[assignment]
+    record = ApiKeyRecord("abc123", "t", "admin", "ci", "hash1", clock())
+    assert s.api_key_insert(ApiKeyInsertParams(record, AuditEntry("cli", "key.create"))) == record  # type: ignore[attr-defined]
+    s.api_key_insert(
+        ApiKeyInsertParams(
+            ApiKeyRecord("def456", "u", "user", None, "h2", clock()), AuditEntry("cli", "key.create")
+        )
+    )  # type: ignore[attr-defined]
+    assert s.api_key_get("abc123") == record  # type: ignore[attr-defined]
+    assert s.api_key_get("nope") is None  # type: ignore[attr-defined]
+    assert [k.key_id for k in s.api_key_list(ApiKeyListParams("t"))] == ["abc123"]  # type: ignore[attr-defined]
+    assert len(s.api_key_list(ApiKeyListParams())) == 2  # type: ignore[attr-defined]
+    revoke = ApiKeyRevokeParams("abc123", "u", clock(), AuditEntry("cli", "key.revoke"))
+    assert s.api_key_revoke(revoke) is None  # type: ignore[attr-defined]  # another tenant's key
+    revoked = s.api_key_revoke(ApiKeyRevokeParams("abc123", "t", clock(), AuditEntry("cli", "key.revoke")))  # type: ignore[attr-defined]
+    assert revoked is not None and revoked.revoked_at == clock() and not revoked.active
+    assert (
+        s.api_key_revoke(ApiKeyRevokeParams("abc123", None, clock(), AuditEntry("cli", "key.revoke"))) is None
+    )  # type: ignore[attr-defined]
+    service = JobService(store, clock=clock)  # type: ignore[arg-type]
+    assert [r.action for r in service.audit_log("t")] == ["key.revoke", "key.create"]
+
+
+def test_queue_stats(service: JobService, clock: FakeClock) -> None:
+    submit(service, tenant="t", queue="a")
+    oldest = submit(service, tenant="t", queue="a")
+    submit(service, tenant="other", queue="a")
+    submit(service, tenant="t", queue="b", max_attempts=1)
+    service.cancel(service.list_jobs(JobListParams(tenant="t", queue="a", limit=5))[-1].id, "t")
+    clock.advance(5)
+    (running,) = service.claim("w", ["b"], 1)
+    service.fail(running, lease_of(running), {"type": "E", "message": "x"})
+    submit(service, tenant="t", queue="b")
+    (done,) = service.claim("w", ["b"], 1)
+    service.complete_many([Completion(lease_of(done), 1)])
+    submit(service, tenant="t", queue="b")
+    service.claim("w", ["b"], 1)
+    stats = {q.queue: q for q in service.queue_stats("t")}
+    assert (stats["a"].pending, stats["a"].running, stats["a"].oldest_pending_at) == (1, 0, oldest.created_at)  # type: ignore[attr-defined]
+    assert (stats["b"].pending, stats["b"].running, stats["b"].completed_since, stats["b"].failed_since) == (
+        0,
+        1,
+        1,
+        1,
+    )
+    assert stats["b"].oldest_pending_at is None
+    assert {q.queue: q.pending for q in service.queue_stats(None)} == {"a": 2, "b": 0}
+    clock.advance(3601)
+    late = {q.queue: q for q in service.queue_stats("t")}
+    assert (late["b"].completed_since, late["b"].failed_since) == (0, 0)

@@ -11,7 +11,7 @@ import pytest
 
 ADMIN_URL = os.environ.get("JOBMILL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRED = os.environ.get("JOBMILL_REQUIRE_POSTGRES") == "1"
-TABLES = ("jobmill_events", "jobmill_jobs")
+TABLES = ("jobmill_events", "jobmill_jobs", "jobmill_api_keys", "jobmill_audit")
 
 
 def server_available() -> bool:

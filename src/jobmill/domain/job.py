@@ -42,6 +42,10 @@ class NewJob:
     principal: str | None = None
     idempotency_key: str | None = None
     inputs: JsonObject = field(default_factory=dict)
+    request_hash: str | None = None  # what an idempotent replay must match
+    cache_key: str | None = None  # set for cacheable kinds: same key = same result
+    # Served from the result cache: the job is created completed, with this earlier job's result.
+    cached_from: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,9 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    request_hash: str | None = None
+    cache_key: str | None = None
+    cached: bool = False
 
     def is_runnable(self, now: datetime) -> bool:
         return self.status is JobStatus.PENDING and self.run_after <= now

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+from jobmill.domain.admin import ApiKeyRecord, AuditEntry, AuditRecord
 from jobmill.domain.job import Job, JobEvent, JobStatus, JsonObject, NewJob
 from jobmill.domain.transitions import Edge
 
@@ -121,6 +122,7 @@ class JobCancelParams:
     now: datetime
     edge: Edge
     expected_status: JobStatus
+    audit: AuditEntry | None = None  # an admin acting on someone else's job
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class JobReprioritizeParams:
     tenant: str | None
     priority: int
     now: datetime
+    audit: AuditEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,7 @@ class JobRequeueParams:
     edge: Edge
     expected_status: JobStatus
     max_attempts: int
+    audit: AuditEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +177,56 @@ class EventListParams:
     after_seq: int = 0  # per-job sequence (with job_id)
     after_id: int = 0  # global event id (tenant-wide streams)
     limit: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobFindCachedParams:
+    tenant: str
+    kind: str
+    cache_key: str
+    finished_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobQueueStatsParams:
+    tenant: str | None
+    since: datetime  # completed/failed are counted from here (the API uses the last hour)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    pending: int
+    running: int  # running and cancelling
+    completed_since: int
+    failed_since: int
+    oldest_pending_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInsertParams:
+    key: ApiKeyRecord
+    audit: AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyListParams:
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRevokeParams:
+    key_id: str
+    tenant: str | None
+    now: datetime
+    audit: AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AuditListParams:
+    tenant: str
+    before_id: int | None = None  # cursor: newest first
+    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +290,24 @@ class JobStore(Protocol):
     def job_queue_position(self, params: JobQueuePositionParams) -> int | None: ...
 
     def event_list(self, params: EventListParams) -> list[JobEvent]: ...
+
+    def job_find_cached(self, params: JobFindCachedParams) -> Job | None:
+        """The newest completed job of the tenant with this cache key, finished after the given time."""
+        ...
+
+    def job_queue_stats(self, params: JobQueueStatsParams) -> list[QueueStats]: ...
+
+    def api_key_insert(self, params: ApiKeyInsertParams) -> ApiKeyRecord: ...
+
+    def api_key_get(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    def api_key_list(self, params: ApiKeyListParams) -> list[ApiKeyRecord]: ...
+
+    def api_key_revoke(self, params: ApiKeyRevokeParams) -> ApiKeyRecord | None:
+        """Revoke an active key (CAS on not yet revoked); None if unknown, other tenant's or revoked."""
+        ...
+
+    def audit_list(self, params: AuditListParams) -> list[AuditRecord]: ...
 
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         """Call `callback` (from any thread) for every notification committed by any process."""

@@ -14,27 +14,36 @@ indexes even with generic plans of prepared statements.
 from __future__ import annotations
 
 import json
+import json.scanner
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from uuid import UUID, uuid4
 
 import psycopg
 import psycopg_pool
+from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import set_json_loads
 
-from jobmill.domain.job import Job, JobEvent, JobStatus
-from jobmill.errors import StoreError, StoreUnavailable
+from jobmill.domain.admin import ApiKeyRecord, AuditEntry, AuditRecord
+from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
+from jobmill.errors import ConfigError, StoreError, StoreUnavailable
 from jobmill.store.base import (
+    ApiKeyInsertParams,
+    ApiKeyListParams,
+    ApiKeyRevokeParams,
+    AuditListParams,
     EventListParams,
     JobCancelParams,
     JobClaimParams,
     JobCompleteManyParams,
     JobConfirmCancelParams,
     JobFailParams,
+    JobFindCachedParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -42,12 +51,14 @@ from jobmill.store.base import (
     JobListExpiredParams,
     JobListParams,
     JobQueuePositionParams,
+    JobQueueStatsParams,
     JobRecoverParams,
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
     Lease,
     Notification,
+    QueueStats,
     Subscription,
 )
 from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
@@ -55,6 +66,7 @@ from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 log = logging.getLogger(__name__)
 
 CHANNEL = "jobmill"
+LISTENER_NAME = "jobmill-listener"  # application_name of the LISTEN connections
 # pg_advisory_xact_lock key that serialises concurrent migrators: "jobmill" in ASCII.
 MIGRATION_LOCK_KEY = 0x6A6F626D696C6C
 
@@ -70,10 +82,19 @@ RECONNECT_BACKOFF_S = (0.1, 5.0)  # listener reconnection: first and longest wai
 JOB_COLUMNS = (
     "id, seq, tenant, principal, kind, queue, priority, params, status, stage, progress, message, attempts,"
     " max_attempts, timeout_s, run_after, result, error, inputs, outputs, idempotency_key, lease_owner,"
-    " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at"
+    " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at,"
+    " request_hash, cache_key, cached"
 )
 EVENT_COLUMNS = "id, job_id, tenant, seq, at, type, status, stage, progress, message, data"
+API_KEY_COLUMNS = "key_id, tenant, role, name, secret_hash, created_at, revoked_at"
+AUDIT_COLUMNS = "id, at, tenant, actor, action, job_id, before, after"
 CLAIMED_COLUMNS = ", ".join("j." + c for c in JOB_COLUMNS.split(", "))
+# What a claim reads back: the columns it does not set itself.
+CLAIM_RESULT_COLUMNS = (
+    "id, seq, tenant, principal, kind, queue, priority, params, attempts, max_attempts, timeout_s, run_after,"
+    " result, inputs, outputs, idempotency_key, event_seq, created_at, finished_at, request_hash, cache_key,"
+    " cached"
+)
 
 # SQLSTATEs that mean "the server cannot serve us right now" rather than "this statement failed".
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "53400", "25006"})
@@ -90,42 +111,56 @@ def _status_in(values: Collection[JobStatus]) -> str:
     return "(" + ", ".join(sorted(_status(v) for v in values)) + ")"
 
 
+# One encoder for all: json.dumps() with any option builds a new encoder on every call.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else _dumps(value)
+
+
+_JSON_SCAN = json.scanner.make_scanner(cast(Any, json.JSONDecoder()))  # the stub's signature is wrong
+
+
+def _loads(data: str | bytes) -> Any:
+    """json.loads for the text PostgreSQL sends (valid, no surrounding blanks), without its overhead."""
+    if data == b"{}":
+        return {}
+    text = data if isinstance(data, str) else data.decode()
+    try:
+        value, end = _JSON_SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else json.loads(text)
+
+
+# The adapters of every pooled connection: the default ones with the faster JSON loader.
+_ADAPTERS = AdaptersMap(psycopg.adapters)
+set_json_loads(_loads, _ADAPTERS)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def _job(r: Sequence[Any]) -> Job:
+    # Positional, in the order of JOB_COLUMNS (= the fields of Job): this runs for every job read.
     return Job(
-        id=r[0],
-        seq=r[1],
-        tenant=r[2],
-        principal=r[3],
-        kind=r[4],
-        queue=r[5],
-        priority=r[6],
-        params=r[7],
-        status=JobStatus(r[8]),
-        stage=r[9],
-        progress=r[10],
-        message=r[11],
-        attempts=r[12],
-        max_attempts=r[13],
-        timeout_s=r[14],
-        run_after=r[15],
-        result=r[16],
-        error=r[17],
-        inputs=r[18],
-        outputs=r[19],
-        idempotency_key=r[20],
-        lease_owner=r[21],
-        lease_token=r[22],
-        lease_expires_at=r[23],
-        event_seq=r[24],
-        created_at=r[25],
-        started_at=r[26],
-        finished_at=r[27],
-        updated_at=r[28],
-    )
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], JobStatus(r[8]), r[9], r[10], r[11], r[12], r[13],
+        r[14], r[15], r[16], r[17], r[18], r[19], r[20], r[21], r[22], r[23], r[24], r[25], r[26], r[27],
+        r[28], r[29], r[30], r[31],
+    )  # fmt: skip
+
+
+def _claimed_job(
+    r: Sequence[Any], status: JobStatus, worker: str, token: UUID, expires: datetime, now: datetime
+) -> Job:
+    """A claimed job from the CLAIM_RESULT_COLUMNS of its row and the values the claim wrote."""
+    return Job(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], status, None, None, None, r[8], r[9], r[10], r[11],
+        r[12], None, r[13], r[14], r[15], worker, token, expires, r[16], r[17], now, r[18], now, r[19], r[20],
+        r[21],
+    )  # fmt: skip
 
 
 def _event(r: Sequence[Any]) -> JobEvent:
@@ -173,17 +208,22 @@ def _notify_cancel(source: str) -> str:
 NOTIFIED_COLUMN = "(SELECT count(*) FROM notified)"
 
 
+def _message(exc: BaseException) -> str:
+    """libpq's message on one line (it puts hints and details on indented lines of their own)."""
+    return " ".join(str(exc).split())
+
+
 def _translate(exc: psycopg.Error) -> NoReturn:
     if isinstance(exc, psycopg_pool.PoolClosed):
         raise StoreError("the PostgreSQL store is closed") from exc
     if isinstance(exc, psycopg_pool.PoolTimeout):
-        raise StoreUnavailable(f"no PostgreSQL connection available: {exc}") from exc
+        raise StoreUnavailable(f"no PostgreSQL connection available: {_message(exc)}") from exc
     state = exc.sqlstate
     if isinstance(exc, psycopg.OperationalError) and (
         state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
     ):
-        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
-    raise StoreError(f"PostgreSQL error{f' {state}' if state else ''}: {exc}") from exc
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {_message(exc)}") from exc
+    raise StoreError(f"PostgreSQL error{f' {state}' if state else ''}: {_message(exc)}") from exc
 
 
 def _conninfo(url: str) -> str:
@@ -191,7 +231,7 @@ def _conninfo(url: str) -> str:
     try:
         given = conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise StoreError(f"invalid PostgreSQL URL: {exc}") from exc
+        raise ConfigError(f"invalid PostgreSQL URL: {_message(exc)}") from exc
     extra: dict[str, Any] = {"options": f"{given.get('options') or ''} -c TimeZone=UTC".strip()}
     if not given.get("connect_timeout"):
         extra["connect_timeout"] = CONNECT_TIMEOUT_S
@@ -217,7 +257,7 @@ class _Listener:
     """
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
+        self._conninfo = make_conninfo(conninfo, application_name=LISTENER_NAME)
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Notification], None]] = []
         self._stop = threading.Event()
@@ -323,11 +363,17 @@ class PostgresJobStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conninfo = _conninfo(url)
+        # One direct attempt first: it fails fast and with the server's reason (unknown database, bad
+        # password, refused), where the pool would retry until its timeout and report only that.
+        try:
+            psycopg.connect(self._conninfo).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_message(exc)}") from exc
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = psycopg_pool.ConnectionPool(
             self._conninfo,
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "context": _ADAPTERS},
             timeout=ACQUIRE_TIMEOUT_S,
             name="jobmill",
             open=False,
@@ -336,7 +382,7 @@ class PostgresJobStore:
             self._pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
         except psycopg.Error as exc:
             self._pool.close()
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {_message(exc)}") from exc
         self._listener = _Listener(self._conninfo)
         self._closed = False
 
@@ -397,26 +443,78 @@ class PostgresJobStore:
 
     # -- operations -----------------------------------------------------------------------------------
 
+    def _insert_cached(self, new: NewJob, now: datetime) -> JobInsertResult:
+        """A job served from the result cache: created completed, with the earlier job's result."""
+        assert new.cached_from is not None
+        sql = (
+            "WITH created AS (INSERT INTO jobmill_jobs (id, tenant, principal, kind, queue, priority, params,"
+            " status, max_attempts, timeout_s, run_after, inputs, idempotency_key, request_hash, cache_key,"
+            " cached, result, outputs, started_at, finished_at, event_seq, created_at, updated_at)"
+            " VALUES (%(id)s, %(tenant)s, %(principal)s, %(kind)s, %(queue)s, %(priority)s,"
+            " %(params)s::jsonb,"
+            f" {_status(JobStatus.COMPLETED)}, %(max_attempts)s, %(timeout_s)s, %(run_after)s,"
+            " %(inputs)s::jsonb, %(key)s, %(request_hash)s, %(cache_key)s, true, %(result)s::jsonb,"
+            " %(outputs)s::jsonb, %(now)s, %(now)s, 1, %(now)s, %(now)s)"
+            " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+            f" RETURNING {JOB_COLUMNS}),"
+            f" {_events('created', 'status', '%(data)s::jsonb')}"
+            f" SELECT {JOB_COLUMNS} FROM created"
+        )
+        args = {
+            "id": new.id, "tenant": new.tenant, "principal": new.principal, "kind": new.kind,
+            "queue": new.queue, "priority": new.priority, "params": _dumps(new.params),
+            "max_attempts": new.max_attempts, "timeout_s": new.timeout_s, "run_after": new.run_after,
+            "inputs": _dumps(new.inputs), "key": new.idempotency_key, "request_hash": new.request_hash,
+            "cache_key": new.cache_key, "result": _json(new.cached_from.result),
+            "outputs": _dumps(new.cached_from.outputs), "now": now,
+            "data": _dumps({"cached_from": str(new.cached_from.id)}),
+        }  # fmt: skip
+        row = self._one(sql, args)
+        if row is not None:
+            return JobInsertResult(_job(row), created=True)
+        existing = self._one(
+            f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE tenant = %(tenant)s AND idempotency_key = %(key)s",
+            {"tenant": new.tenant, "key": new.idempotency_key},
+        )
+        if existing is None:
+            raise StoreError(f"job {new.id} was neither inserted nor found by its idempotency key")
+        return JobInsertResult(_job(existing), created=False)
+
     def job_insert_many(self, params: JobInsertManyParams) -> list[JobInsertResult]:
+        if any(j.cached_from is not None for j in params.jobs):
+            # Rare (cache hits), so they take a simple path of their own; the order of results is kept.
+            fresh = [j for j in params.jobs if j.cached_from is None]
+            by_id = {r.job.id: r for r in self.job_insert_many(JobInsertManyParams(fresh, params.now))}
+            results: list[JobInsertResult] = []
+            for new in params.jobs:
+                if new.cached_from is not None:
+                    results.append(self._insert_cached(new, params.now))
+                else:
+                    inserted = by_id.get(new.id)
+                    results.append(inserted if inserted is not None else self._lookup_by_key(new))
+            return results
         jobs = params.jobs
         if not jobs:
             return []
+        # Arrays travel in binary (%b): much cheaper to encode than their text form.
         sql = (
-            "WITH input AS (SELECT * FROM unnest(%(id)s::uuid[], %(tenant)s::text[], %(principal)s::text[],"
-            " %(kind)s::text[], %(queue)s::text[], %(priority)s::int[], %(params)s::text[],"
-            " %(max_attempts)s::int[], %(timeout_s)s::float8[], %(run_after)s::timestamptz[],"
-            " %(inputs)s::text[], %(key)s::text[]) WITH ORDINALITY AS t(id, tenant, principal, kind, queue,"
-            " priority, params, max_attempts, timeout_s, run_after, inputs, idempotency_key, ord)),"
+            "WITH input AS (SELECT * FROM unnest(%(id)b::uuid[], %(tenant)b::text[], %(principal)b::text[],"
+            " %(kind)b::text[], %(queue)b::text[], %(priority)b::int[], %(params)b::text[],"
+            " %(max_attempts)b::int[], %(timeout_s)b::float8[], %(run_after)b::timestamptz[],"
+            " %(inputs)b::text[], %(key)b::text[], %(request_hash)b::text[], %(cache_key)b::text[])"
+            " WITH ORDINALITY AS t(id, tenant, principal, kind, queue, priority, params, max_attempts,"
+            " timeout_s, run_after, inputs, idempotency_key, request_hash, cache_key, ord)),"
             " created AS (INSERT INTO jobmill_jobs (id, tenant, principal, kind, queue, priority, params,"
-            " status, max_attempts, timeout_s, run_after, inputs, idempotency_key, event_seq, created_at,"
-            " updated_at) SELECT id, tenant, principal, kind, queue, priority, params::jsonb, 'pending',"
-            " max_attempts, timeout_s, run_after, inputs::jsonb, idempotency_key, 1, %(now)s, %(now)s"
-            " FROM input ORDER BY ord"
+            " status, max_attempts, timeout_s, run_after, inputs, idempotency_key, request_hash, cache_key,"
+            " event_seq, created_at, updated_at) SELECT id, tenant, principal, kind, queue, priority,"
+            f" params::jsonb, {_status(JobStatus.PENDING)}, max_attempts, timeout_s, run_after,"
+            " inputs::jsonb,"
+            " idempotency_key, request_hash, cache_key, 1, %(now)s, %(now)s FROM input ORDER BY ord"
             " ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-            f" RETURNING {JOB_COLUMNS}),"
+            " RETURNING id, seq, tenant, queue, event_seq, status, stage, progress, message),"
             f" {_events('created', 'status')},"
             f" {_notify_new_job('created')}"
-            f" SELECT {JOB_COLUMNS}, {NOTIFIED_COLUMN} FROM created"
+            f" SELECT id, seq, {NOTIFIED_COLUMN} FROM created"
         )
         args = {
             "id": [j.id for j in jobs],
@@ -425,44 +523,91 @@ class PostgresJobStore:
             "kind": [j.kind for j in jobs],
             "queue": [j.queue for j in jobs],
             "priority": [j.priority for j in jobs],
-            "params": [json.dumps(j.params, separators=(",", ":")) for j in jobs],
+            "params": (params_json := [_dumps(j.params) for j in jobs]),
             "max_attempts": [j.max_attempts for j in jobs],
             "timeout_s": [None if j.timeout_s is None else float(j.timeout_s) for j in jobs],
             "run_after": [j.run_after for j in jobs],
-            "inputs": [json.dumps(j.inputs, separators=(",", ":")) for j in jobs],
+            "inputs": (inputs_json := [_dumps(j.inputs) for j in jobs]),
             "key": [j.idempotency_key for j in jobs],
+            "request_hash": [j.request_hash for j in jobs],
+            "cache_key": [j.cache_key for j in jobs],
             "now": params.now,
         }
-        keyed = any(j.idempotency_key is not None for j in jobs)
+        seqs: dict[UUID, int]
+        existing: dict[tuple[str, str | None], Job] = {}
         with self._connection() as conn:
-            if not keyed:
+            if not any(j.idempotency_key is not None for j in jobs):
                 # No conflict is possible: one statement, its own transaction.
-                created = {row[0]: _job(row) for row in conn.execute(sql, args).fetchall()}
-                return [JobInsertResult(created[j.id], created=True) for j in jobs]
-            with conn.transaction():
-                created = {row[0]: _job(row) for row in conn.execute(sql, args).fetchall()}
-                lost = [j for j in jobs if j.id not in created]
-                existing: dict[tuple[str, str], Job] = {}
-                if lost:
-                    rows = conn.execute(
-                        f"SELECT {JOB_COLUMNS} FROM jobmill_jobs"
-                        " WHERE (tenant, idempotency_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                        ([j.tenant for j in lost], [j.idempotency_key for j in lost]),
-                    ).fetchall()
-                    for row in rows:
-                        job = _job(row)
-                        assert job.idempotency_key is not None
-                        existing[(job.tenant, job.idempotency_key)] = job
-        results: list[JobInsertResult] = []
-        for new in jobs:
-            if new.id in created:
-                results.append(JobInsertResult(created[new.id], created=True))
+                seqs = {r[0]: r[1] for r in conn.execute(sql, args)}
+            else:
+                with conn.transaction():
+                    seqs = {r[0]: r[1] for r in conn.execute(sql, args)}
+                    lost = [j for j in jobs if j.id not in seqs]
+                    if lost:
+                        rows = conn.execute(
+                            f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE (tenant, idempotency_key) IN"
+                            " (SELECT * FROM unnest(%b::text[], %b::text[]))",
+                            ([j.tenant for j in lost], [j.idempotency_key for j in lost]),
+                        ).fetchall()
+                        for row in rows:
+                            job = _job(row)
+                            existing[(job.tenant, job.idempotency_key)] = job
+        # A created job is exactly what was sent plus the defaults: build it here rather than read it back.
+        # Its params and inputs are decoded from the JSON sent, so they are not the caller's objects.
+        now = _utc(params.now)
+        results = []
+        for new, new_params, new_inputs in zip(jobs, params_json, inputs_json, strict=True):
+            seq = seqs.get(new.id)
+            if seq is None:
+                found = existing.get((new.tenant, new.idempotency_key))
+                if found is None:
+                    raise StoreError(f"job {new.id} was neither inserted nor found by its idempotency key")
+                results.append(JobInsertResult(found, created=False))
                 continue
-            found = existing.get((new.tenant, new.idempotency_key or ""))
-            if found is None:
-                raise StoreError(f"job {new.id} was neither inserted nor found by its idempotency key")
-            results.append(JobInsertResult(found, created=False))
+            job = Job(
+                id=new.id,
+                seq=seq,
+                tenant=new.tenant,
+                principal=new.principal,
+                kind=new.kind,
+                queue=new.queue,
+                priority=new.priority,
+                params=_loads(new_params),
+                status=JobStatus.PENDING,
+                stage=None,
+                progress=None,
+                message=None,
+                attempts=0,
+                max_attempts=new.max_attempts,
+                timeout_s=None if new.timeout_s is None else float(new.timeout_s),
+                run_after=_utc(new.run_after),
+                result=None,
+                error=None,
+                inputs=_loads(new_inputs),
+                outputs={},
+                idempotency_key=new.idempotency_key,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                event_seq=1,
+                created_at=now,
+                started_at=None,
+                finished_at=None,
+                updated_at=now,
+                request_hash=new.request_hash,
+                cache_key=new.cache_key,
+            )
+            results.append(JobInsertResult(job, created=True))
         return results
+
+    def _lookup_by_key(self, new: NewJob) -> JobInsertResult:
+        row = self._one(
+            f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE tenant = %(tenant)s AND idempotency_key = %(key)s",
+            {"tenant": new.tenant, "key": new.idempotency_key},
+        )
+        if row is None:
+            raise StoreError(f"job {new.id} was neither inserted nor found by its idempotency key")
+        return JobInsertResult(_job(row), created=False)
 
     def job_get(self, params: JobGetParams) -> Job | None:
         sql = f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE id = %(id)s"
@@ -497,7 +642,8 @@ class PostgresJobStore:
         return [_job(r) for r in self._all(sql, args)]
 
     def job_claim(self, params: JobClaimParams) -> list[Job]:
-        if not params.queues or params.limit <= 0:
+        queues = list(dict.fromkeys(params.queues))  # a queue named twice would be walked twice
+        if not queues or params.limit <= 0:
             return []
         (source,) = params.edge.sources
         pick = (
@@ -505,7 +651,7 @@ class PostgresJobStore:
             " AND queue = {queue} AND run_after <= %(now)s ORDER BY priority DESC, seq LIMIT %(limit)s"
             " FOR UPDATE SKIP LOCKED"
         )
-        if len(params.queues) == 1:
+        if len(queues) == 1:
             # Equality on the leading column: the claim index yields rows in claim order, LIMIT stops early.
             picked = pick.format(queue="%(queue)s")
         else:
@@ -517,43 +663,50 @@ class PostgresJobStore:
                 + pick.format(queue="q.name")
                 + ") AS c ORDER BY c.priority DESC, c.seq LIMIT %(limit)s"
             )
+        target = params.edge.target
         sql = (
             f"WITH picked AS ({picked}),"
-            f" claimed AS (UPDATE jobmill_jobs AS j SET status = {_status(params.edge.target)},"
+            f" claimed AS (UPDATE jobmill_jobs AS j SET status = {_status(target)},"
             " attempts = j.attempts + 1, lease_owner = %(worker)s, lease_token = %(token)s,"
             " lease_expires_at = %(expires)s, started_at = %(now)s, updated_at = %(now)s,"
             " event_seq = j.event_seq + 1, stage = NULL, progress = NULL, message = NULL, error = NULL"
             f" FROM picked WHERE j.id = picked.id RETURNING {CLAIMED_COLUMNS}),"
             f" {_events('claimed', 'status', '%(data)s::jsonb')}"
-            f" SELECT {JOB_COLUMNS} FROM claimed"
+            f" SELECT {CLAIM_RESULT_COLUMNS} FROM claimed"
         )
+        token = uuid4()
+        now = _utc(params.now)
+        expires = _utc(params.lease_expires_at)
         args = {
-            "queue": params.queues[0],
-            "queues": list(params.queues),
-            "now": params.now,
+            "queue": queues[0],
+            "queues": queues,
+            "now": now,
             "limit": params.limit,
             "worker": params.worker_id,
-            "token": uuid4(),
-            "expires": params.lease_expires_at,
+            "token": token,
+            "expires": expires,
             "data": _json({"attempt_by": params.worker_id}),
         }
-        jobs = [_job(r) for r in self._all(sql, args)]
+        # Only the columns the claim did not set are read back; the rest is known here.
+        jobs = [_claimed_job(r, target, params.worker_id, token, expires, now) for r in self._all(sql, args)]
         jobs.sort(key=lambda j: (-j.priority, j.seq))
         return jobs
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
         if not params.leases:
             return {}
+        # Batches lock their rows in id order, so that two batches of one worker cannot deadlock.
+        leases = sorted(params.leases, key=lambda lease: lease.job_id)
         rows = self._all(
             "UPDATE jobmill_jobs AS j SET lease_expires_at = %(expires)s"
-            " FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS l(id, token)"
+            " FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[]) AS l(id, token)"
             f" WHERE j.id = l.id AND j.lease_token = l.token"
             f" AND j.status IN {_status_in((JobStatus.RUNNING, JobStatus.CANCELLING))}"
             " RETURNING j.id, j.status",
             {
                 "expires": params.lease_expires_at,
-                "ids": [lease.job_id for lease in params.leases],
-                "tokens": [lease.token for lease in params.leases],
+                "ids": [lease.job_id for lease in leases],
+                "tokens": [lease.token for lease in leases],
             },
         )
         return {r[0]: JobStatus(r[1]) for r in rows}
@@ -578,13 +731,13 @@ class PostgresJobStore:
         return row is not None
 
     def job_complete_many(self, params: JobCompleteManyParams) -> list[UUID]:
-        completions = params.completions
-        if not completions:
+        if not params.completions:
             return []
+        completions = sorted(params.completions, key=lambda c: c.lease.job_id)  # lock order, as above
         (source,) = params.edge.sources
         rows = self._all(
-            "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(results)s::text[],"
-            " %(outputs)s::text[]) AS t(id, token, result, outputs)),"
+            "WITH input AS (SELECT * FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(results)b::text[],"
+            " %(outputs)b::text[]) AS t(id, token, result, outputs)),"
             f" done AS (UPDATE jobmill_jobs AS j SET status = {_status(params.edge.target)},"
             " result = i.result::jsonb, outputs = COALESCE(i.outputs::jsonb, j.outputs),"
             " finished_at = %(now)s, updated_at = %(now)s, lease_owner = NULL, lease_token = NULL,"
@@ -603,7 +756,7 @@ class PostgresJobStore:
         )
         done = {r[0] for r in rows}
         result: list[UUID] = []
-        for completion in completions:
+        for completion in params.completions:  # in the caller's order
             job_id = completion.lease.job_id
             if job_id in done:
                 done.discard(job_id)  # a lease listed twice completes once
@@ -687,19 +840,32 @@ class PostgresJobStore:
         now: datetime,
         event_type: str = "status",
         notify: Callable[[str], str] | None = None,
+        audit: AuditEntry | None = None,
     ) -> Job | None:
-        """CAS on (id, status[, tenant]) for user and admin operations; appends the event."""
+        """CAS on (id, status[, tenant]) for user and admin operations; appends the event and, for an
+        admin action, the audit row, all in one statement (so a lost race writes neither)."""
         where = f"id = %(id)s AND status = {_status(expected)}"
         if tenant is not None:
             where += " AND tenant = %(tenant)s"
+        audited = (
+            ", audited AS (INSERT INTO jobmill_audit (at, tenant, actor, action, job_id, before, after)"
+            " SELECT %(now)s, tenant, %(actor)s, %(action)s, id, %(before)s::jsonb,"
+            " jsonb_build_object('status', status, 'priority', priority) FROM changed)"
+            if audit is not None
+            else ""
+        )
         sql = (
             f"WITH changed AS (UPDATE jobmill_jobs SET {assignments}, updated_at = %(now)s,"
             f" event_seq = event_seq + 1 WHERE {where} RETURNING {JOB_COLUMNS}),"
             f" {_events('changed', event_type)}"
+            + audited
             + (f", {notify('changed')}" if notify else "")
             + f" SELECT {JOB_COLUMNS}{', ' + NOTIFIED_COLUMN if notify else ''} FROM changed"
         )
-        row = self._one(sql, {**args, "id": job_id, "tenant": tenant, "now": now})
+        audit_args = (
+            {"actor": audit.actor, "action": audit.action, "before": _json(audit.before)} if audit else {}
+        )
+        row = self._one(sql, {**args, **audit_args, "id": job_id, "tenant": tenant, "now": now})
         return None if row is None else _job(row)
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
@@ -714,6 +880,7 @@ class PostgresJobStore:
             {"finished": params.now if target.is_terminal else None},
             params.now,
             notify=_notify_cancel if target is JobStatus.CANCELLING else None,
+            audit=params.audit,
         )
 
     def job_reprioritize(self, params: JobReprioritizeParams) -> Job | None:
@@ -726,6 +893,7 @@ class PostgresJobStore:
             {"priority": params.priority},
             params.now,
             event_type="priority",
+            audit=params.audit,
         )
 
     def job_requeue(self, params: JobRequeueParams) -> Job | None:
@@ -741,6 +909,7 @@ class PostgresJobStore:
             {"max_attempts": params.max_attempts},
             params.now,
             notify=_notify_new_job,
+            audit=params.audit,
         )
 
     def job_list_expired(self, params: JobListExpiredParams) -> list[Job]:
@@ -793,6 +962,96 @@ class PostgresJobStore:
             "limit": params.limit,
         }
         return [_event(r) for r in self._all(sql, args)]
+
+    def job_find_cached(self, params: JobFindCachedParams) -> Job | None:
+        row = self._one(
+            f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE tenant = %(tenant)s AND cache_key = %(key)s"
+            f" AND kind = %(kind)s AND status = {_status(JobStatus.COMPLETED)} AND finished_at > %(after)s"
+            " ORDER BY finished_at DESC LIMIT 1",
+            {
+                "tenant": params.tenant,
+                "key": params.cache_key,
+                "kind": params.kind,
+                "after": params.finished_after,
+            },
+        )
+        return None if row is None else _job(row)
+
+    def job_queue_stats(self, params: JobQueueStatsParams) -> list[QueueStats]:
+        sql = (
+            "SELECT queue,"
+            " count(*) FILTER (WHERE status = 'pending'),"
+            " count(*) FILTER (WHERE status IN ('running', 'cancelling')),"
+            " count(*) FILTER (WHERE status = 'completed' AND finished_at >= %(since)s),"
+            " count(*) FILTER (WHERE status = 'failed' AND finished_at >= %(since)s),"
+            " min(created_at) FILTER (WHERE status = 'pending')"
+            " FROM jobmill_jobs"
+            + (" WHERE tenant = %(tenant)s" if params.tenant is not None else "")
+            + " GROUP BY queue ORDER BY queue"
+        )
+        rows = self._all(sql, {"since": params.since, "tenant": params.tenant})
+        return [QueueStats(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def api_key_insert(self, params: ApiKeyInsertParams) -> ApiKeyRecord:
+        key = params.key
+        self._one(
+            "WITH created AS (INSERT INTO jobmill_api_keys"
+            " (key_id, tenant, role, name, secret_hash, created_at)"
+            " VALUES (%(key_id)s, %(tenant)s, %(role)s, %(name)s, %(hash)s, %(at)s) RETURNING *),"
+            " audited AS (INSERT INTO jobmill_audit (at, tenant, actor, action, after)"
+            " SELECT %(at)s, tenant, %(actor)s, %(action)s,"
+            " jsonb_build_object('key_id', key_id, 'role', role, 'name', name) FROM created)"
+            " SELECT key_id FROM created",
+            {
+                "key_id": key.key_id, "tenant": key.tenant, "role": key.role, "name": key.name,
+                "hash": key.secret_hash, "at": key.created_at, "actor": params.audit.actor,
+                "action": params.audit.action,
+            },
+        )  # fmt: skip
+        return key
+
+    def api_key_get(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._one(
+            f"SELECT {API_KEY_COLUMNS} FROM jobmill_api_keys WHERE key_id = %(key_id)s", {"key_id": key_id}
+        )
+        return None if row is None else ApiKeyRecord(*row)
+
+    def api_key_list(self, params: ApiKeyListParams) -> list[ApiKeyRecord]:
+        sql = f"SELECT {API_KEY_COLUMNS} FROM jobmill_api_keys"
+        if params.tenant is not None:
+            sql += " WHERE tenant = %(tenant)s"
+        return [
+            ApiKeyRecord(*r)
+            for r in self._all(sql + " ORDER BY created_at, key_id", {"tenant": params.tenant})
+        ]
+
+    def api_key_revoke(self, params: ApiKeyRevokeParams) -> ApiKeyRecord | None:
+        where = "key_id = %(key_id)s AND revoked_at IS NULL"
+        if params.tenant is not None:
+            where += " AND tenant = %(tenant)s"
+        row = self._one(
+            f"WITH revoked AS (UPDATE jobmill_api_keys SET revoked_at = %(now)s WHERE {where}"
+            f" RETURNING {API_KEY_COLUMNS}),"
+            " audited AS (INSERT INTO jobmill_audit (at, tenant, actor, action, after)"
+            " SELECT %(now)s, tenant, %(actor)s, %(action)s,"
+            " jsonb_build_object('key_id', key_id, 'revoked', true) FROM revoked)"
+            f" SELECT {API_KEY_COLUMNS} FROM revoked",
+            {
+                "key_id": params.key_id, "tenant": params.tenant, "now": params.now,
+                "actor": params.audit.actor, "action": params.audit.action,
+            },
+        )  # fmt: skip
+        return None if row is None else ApiKeyRecord(*row)
+
+    def audit_list(self, params: AuditListParams) -> list[AuditRecord]:
+        sql = f"SELECT {AUDIT_COLUMNS} FROM jobmill_audit WHERE tenant = %(tenant)s"
+        if params.before_id is not None:
+            sql += " AND id < %(before)s"
+        rows = self._all(
+            sql + " ORDER BY id DESC LIMIT %(limit)s",
+            {"tenant": params.tenant, "before": params.before_id, "limit": params.limit},
+        )
+        return [AuditRecord(*r) for r in rows]
 
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         return self._listener.subscribe(callback)

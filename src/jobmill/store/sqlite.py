@@ -18,15 +18,21 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from jobmill.domain.job import Job, JobEvent, JobStatus
+from jobmill.domain.admin import ApiKeyRecord, AuditEntry, AuditRecord
+from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
 from jobmill.errors import ConfigError, StoreError, StoreUnavailable
 from jobmill.store.base import (
+    ApiKeyInsertParams,
+    ApiKeyListParams,
+    ApiKeyRevokeParams,
+    AuditListParams,
     EventListParams,
     JobCancelParams,
     JobClaimParams,
     JobCompleteManyParams,
     JobConfirmCancelParams,
     JobFailParams,
+    JobFindCachedParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -34,12 +40,14 @@ from jobmill.store.base import (
     JobListExpiredParams,
     JobListParams,
     JobQueuePositionParams,
+    JobQueueStatsParams,
     JobRecoverParams,
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
     Lease,
     Notification,
+    QueueStats,
     Subscription,
 )
 from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
@@ -47,7 +55,8 @@ from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 JOB_COLUMNS = (
     "seq, id, tenant, principal, kind, queue, priority, params, status, stage, progress, message, attempts,"
     " max_attempts, timeout_s, run_after, result, error, inputs, outputs, idempotency_key, lease_owner,"
-    " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at"
+    " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at,"
+    " request_hash, cache_key, cached"
 )
 # An event row is derived from the job row it describes, inside the same transaction.
 EVENT_FROM_RETURNING = "id, tenant, event_seq, status, stage, progress, message"
@@ -115,7 +124,40 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         started_at=_dt_opt(row["started_at"]),
         finished_at=_dt_opt(row["finished_at"]),
         updated_at=_dt(row["updated_at"]),
+        request_hash=row["request_hash"],
+        cache_key=row["cache_key"],
+        cached=bool(row["cached"]),
     )
+
+
+def _api_key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        role=row["role"],
+        name=row["name"],
+        secret_hash=row["secret_hash"],
+        created_at=_dt(row["created_at"]),
+        revoked_at=_dt_opt(row["revoked_at"]),
+    )
+
+
+def _audit_from_row(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(
+        id=row["id"],
+        at=_dt(row["at"]),
+        tenant=row["tenant"],
+        actor=row["actor"],
+        action=row["action"],
+        job_id=None if row["job_id"] is None else UUID(row["job_id"]),
+        before=_unjson(row["before"]),
+        after=_unjson(row["after"]),
+    )
+
+
+def _job_snapshot(row: sqlite3.Row) -> dict[str, Any]:
+    """What the audit log keeps of a job before and after an admin action."""
+    return {"status": row["status"], "priority": row["priority"]}
 
 
 def _event_from_row(row: sqlite3.Row) -> JobEvent:
@@ -281,37 +323,51 @@ class SqliteJobStore:
 
     # -- operations -----------------------------------------------------------------------------------
 
+    def _insert_row(self, conn: sqlite3.Connection, new: NewJob, now: float) -> sqlite3.Row | None:
+        cached = new.cached_from
+        status = JobStatus.COMPLETED if cached is not None else JobStatus.PENDING
+        return conn.execute(  # type: ignore[no-any-return]
+            f"INSERT INTO jobmill_jobs (id, tenant, principal, kind, queue, priority, params, status,"
+            f" max_attempts, timeout_s, run_after, inputs, idempotency_key, request_hash, cache_key, cached,"
+            f" result, outputs, started_at, finished_at, event_seq, created_at, updated_at)"
+            f" VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)"
+            f" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+            f" RETURNING {JOB_COLUMNS}",
+            (
+                str(new.id),
+                new.tenant,
+                new.principal,
+                new.kind,
+                new.queue,
+                new.priority,
+                json.dumps(new.params),
+                status.value,
+                new.max_attempts,
+                new.timeout_s,
+                _ts(new.run_after),
+                json.dumps(new.inputs),
+                new.idempotency_key,
+                new.request_hash,
+                new.cache_key,
+                int(cached is not None),
+                _json(cached.result) if cached is not None else None,
+                json.dumps(cached.outputs if cached is not None else {}),
+                now if cached is not None else None,
+                now if cached is not None else None,
+                now,
+                now,
+            ),
+        ).fetchone()
+
     def job_insert_many(self, params: JobInsertManyParams) -> list[JobInsertResult]:
         results: list[JobInsertResult] = []
         now = _ts(params.now)
         with self._write() as conn:
             for new in params.jobs:
-                row = conn.execute(
-                    f"INSERT INTO jobmill_jobs (id, tenant, principal, kind, queue, priority, params, status,"
-                    f" max_attempts, timeout_s, run_after, inputs, idempotency_key, event_seq, created_at,"
-                    f" updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)"
-                    f" ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-                    f" RETURNING {JOB_COLUMNS}",
-                    (
-                        str(new.id),
-                        new.tenant,
-                        new.principal,
-                        new.kind,
-                        new.queue,
-                        new.priority,
-                        json.dumps(new.params),
-                        JobStatus.PENDING.value,
-                        new.max_attempts,
-                        new.timeout_s,
-                        _ts(new.run_after),
-                        json.dumps(new.inputs),
-                        new.idempotency_key,
-                        now,
-                        now,
-                    ),
-                ).fetchone()
+                row = self._insert_row(conn, new, now)
                 if row is not None:
-                    self._append_events(conn, [row], "status", params.now)
+                    data = {"cached_from": str(new.cached_from.id)} if new.cached_from is not None else None
+                    self._append_events(conn, [row], "status", params.now, data)
                     results.append(JobInsertResult(_job_from_row(row), created=True))
                     continue
                 existing = conn.execute(
@@ -319,7 +375,7 @@ class SqliteJobStore:
                     (new.tenant, new.idempotency_key),
                 ).fetchone()
                 results.append(JobInsertResult(_job_from_row(existing), created=False))
-        queues = sorted({r.job.queue for r in results if r.created})
+        queues = sorted({r.job.queue for r in results if r.created and r.job.status is JobStatus.PENDING})
         _HUB.publish(self._hub_key, [Notification("new_job", queue=q) for q in queues])
         return results
 
@@ -534,6 +590,29 @@ class SqliteJobStore:
             False,
         )
 
+    def _append_audit(
+        self,
+        conn: sqlite3.Connection,
+        audit: AuditEntry,
+        tenant: str,
+        at: datetime,
+        job_id: UUID | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO jobmill_audit (at, tenant, actor, action, job_id, before, after)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (
+                _ts(at),
+                tenant,
+                audit.actor,
+                audit.action,
+                None if job_id is None else str(job_id),
+                _json(audit.before),
+                _json(after),
+            ),
+        )
+
     def _user_write(
         self,
         job_id: UUID,
@@ -543,6 +622,7 @@ class SqliteJobStore:
         args: Sequence[Any],
         now: datetime,
         event_type: str = "status",
+        audit: AuditEntry | None = None,
     ) -> sqlite3.Row | None:
         sql = (
             f"UPDATE jobmill_jobs SET {assignments}, updated_at = ?, event_seq = event_seq + 1"
@@ -556,6 +636,8 @@ class SqliteJobStore:
             row: sqlite3.Row | None = conn.execute(sql + f" RETURNING {JOB_COLUMNS}", all_args).fetchone()
             if row is not None:
                 self._append_events(conn, [row], event_type, now)
+                if audit is not None:
+                    self._append_audit(conn, audit, row["tenant"], now, job_id, _job_snapshot(row))
         return row
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
@@ -570,6 +652,7 @@ class SqliteJobStore:
             "status = ?, finished_at = COALESCE(?, finished_at)",
             (target.value, finished),
             params.now,
+            audit=params.audit,
         )
         if row is None:
             return None
@@ -587,6 +670,7 @@ class SqliteJobStore:
             (params.priority,),
             params.now,
             event_type="priority",
+            audit=params.audit,
         )
         return None if row is None else _job_from_row(row)
 
@@ -601,6 +685,7 @@ class SqliteJobStore:
             " result = NULL, stage = NULL, progress = NULL, message = NULL",
             (params.edge.target.value, params.max_attempts, _ts(params.now)),
             params.now,
+            audit=params.audit,
         )
         if row is None:
             return None
@@ -658,6 +743,94 @@ class SqliteJobStore:
         args.append(params.limit)
         with self._read() as conn:
             return [_event_from_row(r) for r in conn.execute(sql, args)]
+
+    def job_find_cached(self, params: JobFindCachedParams) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE tenant = ? AND cache_key = ? AND kind = ?"
+                f" AND status = 'completed' AND finished_at > ? ORDER BY finished_at DESC LIMIT 1",
+                (params.tenant, params.cache_key, params.kind, _ts(params.finished_after)),
+            ).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def job_queue_stats(self, params: JobQueueStatsParams) -> list[QueueStats]:
+        sql = (
+            "SELECT queue,"
+            " sum(status = 'pending') AS pending,"
+            " sum(status IN ('running', 'cancelling')) AS running,"
+            " sum(status = 'completed' AND finished_at >= ?) AS completed_since,"
+            " sum(status = 'failed' AND finished_at >= ?) AS failed_since,"
+            " min(CASE WHEN status = 'pending' THEN created_at END) AS oldest_pending_at"
+            " FROM jobmill_jobs"
+        )
+        since = _ts(params.since)
+        args: list[Any] = [since, since]
+        if params.tenant is not None:
+            sql += " WHERE tenant = ?"
+            args.append(params.tenant)
+        sql += " GROUP BY queue ORDER BY queue"
+        with self._read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [
+            QueueStats(
+                queue=r["queue"],
+                pending=int(r["pending"] or 0),
+                running=int(r["running"] or 0),
+                completed_since=int(r["completed_since"] or 0),
+                failed_since=int(r["failed_since"] or 0),
+                oldest_pending_at=_dt_opt(r["oldest_pending_at"]),
+            )
+            for r in rows
+        ]
+
+    def api_key_insert(self, params: ApiKeyInsertParams) -> ApiKeyRecord:
+        key = params.key
+        with self._write() as conn:
+            row = conn.execute(
+                "INSERT INTO jobmill_api_keys (key_id, tenant, role, name, secret_hash, created_at)"
+                " VALUES (?,?,?,?,?,?) RETURNING *",
+                (key.key_id, key.tenant, key.role, key.name, key.secret_hash, _ts(key.created_at)),
+            ).fetchone()
+            after = {"key_id": key.key_id, "role": key.role, "name": key.name}
+            self._append_audit(conn, params.audit, key.tenant, key.created_at, None, after)
+        return _api_key_from_row(row)
+
+    def api_key_get(self, key_id: str) -> ApiKeyRecord | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM jobmill_api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else _api_key_from_row(row)
+
+    def api_key_list(self, params: ApiKeyListParams) -> list[ApiKeyRecord]:
+        sql, args = "SELECT * FROM jobmill_api_keys", []
+        if params.tenant is not None:
+            sql += " WHERE tenant = ?"
+            args.append(params.tenant)
+        with self._read() as conn:
+            return [_api_key_from_row(r) for r in conn.execute(sql + " ORDER BY created_at, key_id", args)]
+
+    def api_key_revoke(self, params: ApiKeyRevokeParams) -> ApiKeyRecord | None:
+        sql = "UPDATE jobmill_api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL"
+        args: list[Any] = [_ts(params.now), params.key_id]
+        if params.tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(params.tenant)
+        with self._write() as conn:
+            row = conn.execute(sql + " RETURNING *", args).fetchone()
+            if row is None:
+                return None
+            after = {"key_id": row["key_id"], "revoked": True}
+            self._append_audit(conn, params.audit, row["tenant"], params.now, None, after)
+        return _api_key_from_row(row)
+
+    def audit_list(self, params: AuditListParams) -> list[AuditRecord]:
+        sql = "SELECT * FROM jobmill_audit WHERE tenant = ?"
+        args: list[Any] = [params.tenant]
+        if params.before_id is not None:
+            sql += " AND id < ?"
+            args.append(params.before_id)
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, params.limit]).fetchall()
+        return [_audit_from_row(r) for r in rows]
 
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         return _HUB.subscribe(self._hub_key, callback)

@@ -1,3 +1,6 @@
+-- The declared PostgreSQL schema: what migrations/postgres/* build, in one readable file (checked by
+-- tests/conformance/test_schema.py). Change both together.
+
 -- Jobs: `id` (a time-ordered UUID) is the public handle and the primary key; `seq` is the submission
 -- order (the FIFO tie-breaker inside one priority). Times are timestamptz (microseconds, UTC on the wire).
 CREATE TABLE jobmill_jobs (
@@ -39,7 +42,10 @@ CREATE UNIQUE INDEX jobmill_jobs_idempotency ON jobmill_jobs (tenant, idempotenc
     WHERE idempotency_key IS NOT NULL;
 -- The claim order and queue_position both walk this index: priority desc, then submission order.
 CREATE INDEX jobmill_jobs_claim ON jobmill_jobs (queue, priority DESC, seq) WHERE status = 'pending';
-CREATE INDEX jobmill_jobs_lease ON jobmill_jobs (lease_expires_at) WHERE status IN ('running', 'cancelling');
+-- Leases to reap. A lease is set exactly while a job is running or cancelling; the predicate is on the
+-- lease rather than on the status so that the planner never prefers this index to the primary key for
+-- the CAS writes by id (`... AND status = 'running'` would imply a status predicate).
+CREATE INDEX jobmill_jobs_lease ON jobmill_jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX jobmill_jobs_tenant ON jobmill_jobs (tenant, seq);
 
 -- The change log: `seq` counts from 1 per job (the job's event_seq after the change); `id` is global.
@@ -61,3 +67,35 @@ CREATE TABLE jobmill_events (
 );
 
 CREATE INDEX jobmill_events_tenant ON jobmill_events (tenant, id);
+-- The HTTP API: idempotent replays compare request hashes; cacheable kinds reuse completed results.
+ALTER TABLE jobmill_jobs
+    ADD COLUMN request_hash text,
+    ADD COLUMN cache_key text,
+    ADD COLUMN cached boolean NOT NULL DEFAULT false;
+CREATE INDEX jobmill_jobs_cache ON jobmill_jobs (tenant, cache_key, finished_at)
+    WHERE cache_key IS NOT NULL AND status = 'completed';
+
+CREATE TABLE jobmill_api_keys (
+    key_id text PRIMARY KEY,
+    tenant text NOT NULL,
+    role text NOT NULL,
+    name text,
+    secret_hash text NOT NULL,
+    created_at timestamptz NOT NULL,
+    revoked_at timestamptz,
+    CONSTRAINT jobmill_api_keys_role_check CHECK (role IN ('user', 'admin'))
+);
+CREATE INDEX jobmill_api_keys_tenant ON jobmill_api_keys (tenant, created_at);
+
+-- Append-only: nothing in jobmill updates or deletes these rows.
+CREATE TABLE jobmill_audit (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL,
+    tenant text NOT NULL,
+    actor text NOT NULL,
+    action text NOT NULL,
+    job_id uuid,
+    before jsonb,
+    after jsonb
+);
+CREATE INDEX jobmill_audit_tenant ON jobmill_audit (tenant, id);

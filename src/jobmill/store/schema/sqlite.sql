@@ -1,3 +1,6 @@
+-- The declared SQLite schema: what migrations/sqlite/* build, in one readable file (checked by
+-- tests/conformance/test_schema.py). Change both together.
+
 -- Jobs: `seq` is the submission order (FIFO tie-breaker) and the rowid; `id` is the public handle.
 -- Times are UTC seconds since the epoch (REAL), so that comparisons are plain numeric ones.
 CREATE TABLE jobmill_jobs (
@@ -29,7 +32,11 @@ CREATE TABLE jobmill_jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    -- Added by 0002_api: idempotent replays compare request hashes; cacheable kinds reuse results.
+    request_hash TEXT,
+    cache_key TEXT,
+    cached INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE UNIQUE INDEX jobmill_jobs_idempotency ON jobmill_jobs (tenant, idempotency_key)
@@ -55,3 +62,29 @@ CREATE TABLE jobmill_events (
 );
 
 CREATE INDEX jobmill_events_tenant ON jobmill_events (tenant, id);
+CREATE INDEX jobmill_jobs_cache ON jobmill_jobs (tenant, cache_key, finished_at)
+    WHERE cache_key IS NOT NULL AND status = 'completed';
+
+CREATE TABLE jobmill_api_keys (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    name TEXT,
+    secret_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX jobmill_api_keys_tenant ON jobmill_api_keys (tenant, created_at);
+
+-- Append-only: nothing in jobmill updates or deletes these rows.
+CREATE TABLE jobmill_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id TEXT,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX jobmill_audit_tenant ON jobmill_audit (tenant, id);

@@ -39,7 +39,10 @@ CREATE UNIQUE INDEX jobmill_jobs_idempotency ON jobmill_jobs (tenant, idempotenc
     WHERE idempotency_key IS NOT NULL;
 -- The claim order and queue_position both walk this index: priority desc, then submission order.
 CREATE INDEX jobmill_jobs_claim ON jobmill_jobs (queue, priority DESC, seq) WHERE status = 'pending';
-CREATE INDEX jobmill_jobs_lease ON jobmill_jobs (lease_expires_at) WHERE status IN ('running', 'cancelling');
+-- Leases to reap. A lease is set exactly while a job is running or cancelling; the predicate is on the
+-- lease rather than on the status so that the planner never prefers this index to the primary key for
+-- the CAS writes by id (`... AND status = 'running'` would imply a status predicate).
+CREATE INDEX jobmill_jobs_lease ON jobmill_jobs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX jobmill_jobs_tenant ON jobmill_jobs (tenant, seq);
 
 -- The change log: `seq` counts from 1 per job (the job's event_seq after the change); `id` is global.
