@@ -103,7 +103,9 @@ def _digest(value: object) -> str:
 
 
 def _input_hashes(inputs: JsonObject) -> list[tuple[str, str | None]]:
-    return sorted((name, meta.get("sha256") if isinstance(meta, dict) else None) for name, meta in inputs.items())
+    return sorted(
+        (name, meta.get("sha256") if isinstance(meta, dict) else None) for name, meta in inputs.items()
+    )
 
 
 def _snapshot(job: Job) -> JsonObject:
@@ -202,6 +204,10 @@ class JobService:
             request_hash=request_hash,
             cache_key=cache_key,
         )
+
+    def validate(self, request: SubmitRequest) -> None:
+        """Raise what submit would raise for this request, without creating anything."""
+        self._new_job(request, self.clock())
 
     def submit(self, request: SubmitRequest) -> JobInsertResult:
         return self.submit_many([request])[0]
@@ -354,13 +360,9 @@ class JobService:
             raise Forbidden("only admins may use the admin cancel")
         for _ in range(CAS_RETRIES):
             job = self.get(job_id, tenant)
-            if actor is not None and not actor.is_admin and job.principal != actor.subject:
-                raise Forbidden("users may cancel only the jobs they submitted")
-            if job.status is JobStatus.CANCELLING:
-                return job
-            transition = transition_for(
-                "cancel", job_id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL
-            )
+            transition = self._cancel_transition(job, actor)
+            if transition is None:
+                return job  # already cancelling: nothing more to do
             audited = (
                 actor is not None and actor.is_admin and (admin_action or job.principal != actor.subject)
             )
@@ -371,6 +373,20 @@ class JobService:
             if changed is not None:
                 return changed
         raise InvalidTransition(job_id, "cancel", self.get(job_id, tenant).status)
+
+    def check_cancel(self, job_id: UUID, tenant: str | None, actor: Actor | None) -> Job:
+        """Raise what cancel would raise now (not found, forbidden, terminal), without cancelling."""
+        job = self.get(job_id, tenant)
+        self._cancel_transition(job, actor)
+        return job
+
+    @staticmethod
+    def _cancel_transition(job: Job, actor: Actor | None) -> Transition | None:
+        if actor is not None and not actor.is_admin and job.principal != actor.subject:
+            raise Forbidden("users may cancel only the jobs they submitted")
+        if job.status is JobStatus.CANCELLING:
+            return None
+        return transition_for("cancel", job.id, job.status, Transition.CANCEL, Transition.REQUEST_CANCEL)
 
     def reprioritize(
         self, job_id: UUID, priority: int, tenant: str | None = None, actor: Actor | None = None

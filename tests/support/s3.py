@@ -33,7 +33,7 @@ class MotoServer:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # An anonymous temporary file: its output is there to explain a failed start, and it leaves
         # nothing on disk once closed.
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; stop() closes it
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> MotoServer:
@@ -50,8 +50,9 @@ class MotoServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"moto server exited with {self._proc.returncode}:\n{self.output()}")
             if time.monotonic() > deadline:
+                output = self.output()
                 self.stop()
-                raise RuntimeError(f"moto server did not listen within {timeout}s:\n{self.output()}")
+                raise RuntimeError(f"moto server did not listen within {timeout}s:\n{output}")
             time.sleep(0.05)
         return self
 

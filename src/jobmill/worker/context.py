@@ -8,6 +8,7 @@ methods without `await`, which hand the work to the worker's event loop. Handler
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
 
+from jobmill.errors import ConfigError
+from jobmill.handlers import check_name
+from jobmill.storage.base import BlobStore, new_key
+from jobmill.storage.sniff import SNIFF_BYTES, sniff_content_type
 from jobmill.worker.supervisor import (
     ProcessCancelled,
     ProcessRegistry,
@@ -27,6 +32,11 @@ from jobmill.worker.supervisor import (
 log = logging.getLogger("jobmill.handler")
 
 LineCallback = Callable[[str], Awaitable[None] | None]
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(SNIFF_BYTES)
 
 
 class ProgressSink(Protocol):
@@ -51,8 +61,13 @@ class JobContext:
         sink: ProgressSink,
         cancel_grace_s: float = 5.0,
         inputs: Mapping[str, Any] | None = None,
+        tenant: str = "default",
+        blobs: BlobStore | None = None,
     ) -> None:
         self.job_id = job_id
+        self.tenant = tenant
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self._blobs = blobs
         self.kind = kind
         self.params = params
         self.attempt = attempt
@@ -86,6 +101,56 @@ class JobContext:
     async def message(self, text: str | None) -> None:
         self._message = text
         await self._sink.report(self._stage, self._progress, self._message)
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def _storage(self) -> BlobStore:
+        if self._blobs is None:
+            raise ConfigError("this worker has no blob storage configured (JOBMILL_STORAGE_URL)")
+        return self._blobs
+
+    async def input_path(self, name: str) -> Path:
+        """A local copy of the uploaded input `name`, fetched from storage into the workdir once."""
+        meta = self.inputs.get(name)
+        if meta is None:
+            raise KeyError(
+                f"job {self.job_id} has no input {name!r} (it has: {', '.join(self.inputs) or 'none'})"
+            )
+        path = self.workdir / "inputs" / check_name("input", name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._storage().download_to, meta["key"], path)
+        return path
+
+    async def save_output(self, name: str, path: str | Path, *, content_type: str | None = None) -> None:
+        """Publish the file at `path` as output `name`; clients download it through a signed URL.
+
+        A storage failure raises, so the attempt fails and is retried: a job is never completed with an
+        output missing. Outputs of an attempt that does not complete are deleted again.
+        """
+        check_name("output", name)
+        source = Path(path)
+        if content_type is None:
+            content_type = sniff_content_type(await asyncio.to_thread(_read_head, source))
+        key = new_key(self.tenant, "jobs", str(self.job_id), "outputs")
+        info = await asyncio.to_thread(self._storage().put_file, key, source, content_type=content_type)
+        previous = self.outputs.get(name)
+        self.outputs[name] = {
+            "key": info.key,
+            "size": info.size,
+            "sha256": info.sha256,
+            "content_type": info.content_type,
+            "filename": source.name,
+        }
+        if previous is not None:  # saved twice under one name: the first blob is unreferenced now
+            await asyncio.to_thread(self._storage().delete, previous["key"])
+
+    async def discard_outputs(self) -> None:
+        """Delete what this attempt published (it did not complete, so nothing refers to it)."""
+        for meta in list(self.outputs.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._storage().delete, meta["key"])
+        self.outputs.clear()
 
     # -- cancellation ---------------------------------------------------------------------------------
 
@@ -175,6 +240,13 @@ class SyncJobContext:
     @property
     def cancelled(self) -> bool:
         return self._ctx.cancelled
+
+    def input_path(self, name: str) -> Path:
+        result: Path = self._call(self._ctx.input_path(name))
+        return result
+
+    def save_output(self, name: str, path: str | Path, *, content_type: str | None = None) -> None:
+        self._call(self._ctx.save_output(name, path, content_type=content_type))
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was cancelled: a cheap cooperative stop point for loops."""

@@ -65,6 +65,8 @@ async def run_isolated(spec: HandlerSpec, job: Job, ctx: JobContext) -> Any:
         "attempt": job.attempts,
         "workdir": str(ctx.workdir),
         "inputs": dict(ctx.inputs),
+        "tenant": ctx.tenant,
+        "storage_url": ctx._blobs.url if ctx._blobs is not None else None,
     }
     outcome: dict[str, Any] = {}
 
@@ -76,6 +78,9 @@ async def run_isolated(spec: HandlerSpec, job: Job, ctx: JobContext) -> Any:
         if message["type"] == "progress":
             await ctx._sink.report(message["stage"], message["progress"], message["message"])
         else:
+            # The child's published outputs become this attempt's outputs: recorded with the completion,
+            # or deleted by the worker when the attempt does not complete.
+            ctx.outputs.update(message.pop("outputs", {}))
             outcome.update(message)
 
     result = await run_supervised(
@@ -115,8 +120,12 @@ async def child_main(request: dict[str, Any]) -> None:
     from jobmill.handlers import default_registry
     from jobmill.worker.context import JobContext, SyncJobContext
 
+    from jobmill.storage import open_blobstore
+
     importlib.import_module(request["module"])
     spec = default_registry.get(request["kind"])
+    # The child only reads and writes blobs; signing URLs stays with the API, so no secret is needed.
+    blobs = open_blobstore(request["storage_url"], secret_key="") if request.get("storage_url") else None
     ctx = JobContext(
         job_id=UUID(request["job_id"]),
         kind=request["kind"],
@@ -125,6 +134,8 @@ async def child_main(request: dict[str, Any]) -> None:
         workdir=Path(request["workdir"]),
         sink=_PipeSink(),
         inputs=request["inputs"],
+        tenant=request["tenant"],
+        blobs=blobs,
     )
     try:
         if inspect.iscoroutinefunction(spec.fn):
@@ -142,7 +153,8 @@ async def child_main(request: dict[str, Any]) -> None:
                     "message": str(exc) or type(exc).__name__,
                     "traceback": "".join(traceback.format_exception(exc)),
                 },
+                "outputs": ctx.outputs,
             }
         )
         return
-    _emit({"type": "result", "value": value})
+    _emit({"type": "result", "value": value, "outputs": ctx.outputs})

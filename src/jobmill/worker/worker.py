@@ -37,6 +37,7 @@ from jobmill.domain.job import Job, JobStatus, JsonObject
 from jobmill.errors import JobmillError, StoreError
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import JobService, error_info
+from jobmill.storage.base import BlobStore
 from jobmill.store.base import Completion, Lease, Notification, Subscription
 from jobmill.worker.context import JobCancelled, JobContext, SyncJobContext
 from jobmill.worker.isolated import run_isolated
@@ -101,7 +102,9 @@ class Worker:
         config: WorkerConfig | None = None,
         *,
         worker_id: str | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        self.blobs = blobs
         self.service = service
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -242,6 +245,8 @@ class Worker:
             sink=_StoreSink(self, Lease(job.id, job.lease_token)),
             cancel_grace_s=self.config.cancel_grace_s,
             inputs=job.inputs,
+            tenant=job.tenant,
+            blobs=self.blobs,
         )
         running = RunningJob(job, Lease(job.id, job.lease_token), ctx)
         self._running[job.id] = running
@@ -348,13 +353,23 @@ class Worker:
             raise
 
     async def _record(self, running: RunningJob, outcome: tuple[str, Any]) -> None:
+        completed = False
+        try:
+            completed = await self._record_outcome(running, outcome)
+        finally:
+            if running.ctx.outputs and not completed:
+                await running.ctx.discard_outputs()
+
+    async def _record_outcome(self, running: RunningJob, outcome: tuple[str, Any]) -> bool:
+        """Write the outcome; True only when the job was completed (and so owns its outputs)."""
         job, lease = running.job, running.lease
         kind, value = outcome
         if kind == "ok":
             try:
-                if await self._complete(Completion(lease, value)):
+                outputs = dict(running.ctx.outputs) or None
+                if await self._complete(Completion(lease, value, outputs)):
                     self.stats.completed += 1
-                    return
+                    return True
             except (TypeError, ValueError) as exc:  # a result that is not JSON
                 kind, value = "error", (error_info(exc, error_type="bad_result"), False)
             else:
@@ -364,7 +379,7 @@ class Worker:
                     self.stats.cancelled += 1
                 else:
                     self.stats.lost += 1
-                return
+                return False
         if kind == "error":
             info, retryable = value
             updated = await self._db(self.service.fail, job, lease, info, retryable=retryable)
@@ -378,7 +393,7 @@ class Worker:
                 self.stats.retried += 1
             else:
                 self.stats.failed += 1
-            return
+            return False
         reason: StopReason = value
         if reason is StopReason.CANCEL:
             if await self._db(self.service.confirm_cancel, lease) is not None:
@@ -396,6 +411,7 @@ class Worker:
                 self.stats.cancelled += 1
         else:
             self.stats.lost += 1
+        return False
 
     # -- buffered completions -------------------------------------------------------------------------
 

@@ -1,0 +1,169 @@
+"""create_app(): the HTTP service, built from settings (or from given parts, for tests and embedding)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+
+from jobmill.access import AccessService
+from jobmill.api.deps import AppServices
+from jobmill.api.errors import install_error_handlers
+from jobmill.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from jobmill.api.ratelimit import open_rate_limiter
+from jobmill.api.routes_jobs import router as jobs_router
+from jobmill.api.routes_system import files_router
+from jobmill.api.routes_system import router as system_router
+from jobmill.api.schemas import JobCreate
+from jobmill.auth import JwtVerifier
+from jobmill.config import Settings
+from jobmill.handlers import HandlerRegistry
+from jobmill.metrics import REGISTRY, QueueGauges
+from jobmill.service import JobService, RetryPolicy, utc_now
+from jobmill.storage import open_blobstore
+from jobmill.storage.base import BlobStore
+from jobmill.store import JobStore, open_store
+
+API_PREFIX = "/api/v1"
+_queue_gauges: QueueGauges | None = None
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """JOBMILL_SECRET_KEY, or (single machine) a random key kept next to the database in ./var."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.workdir_root).parent / "secret.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    store: JobStore | None = None,
+    blobs: BlobStore | None = None,
+    registry: HandlerRegistry | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> AppServices:
+    secret = resolve_secret_key(settings)
+    store = store or open_store(settings.database_url)
+    jobs = JobService(
+        store,
+        registry=registry,
+        clock=clock,
+        lease_s=settings.lease_s,
+        retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
+        cache_ttl_s=settings.result_cache_ttl_s,
+    )
+    jwt = None
+    if settings.jwt_hs256_secret or settings.jwt_rs256_public_key:
+        jwt = JwtVerifier(
+            hs256_secret=settings.jwt_hs256_secret,
+            rs256_public_key=settings.jwt_rs256_public_key,
+            leeway_s=settings.jwt_leeway_s,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    return AppServices(
+        settings=settings,
+        jobs=jobs,
+        access=AccessService(store, clock, jwt),
+        blobs=blobs or open_blobstore(settings.storage_url, secret_key=secret),
+        requests_limiter=open_rate_limiter(
+            settings.redis_url, settings.rate_limit_per_s, settings.rate_limit_burst
+        ),
+        auth_failures_limiter=open_rate_limiter(
+            settings.redis_url, settings.auth_rate_limit_per_s, settings.auth_rate_limit_burst
+        ),
+        secret_key=secret,
+    )
+
+
+DASHBOARD_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>jobmill</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}
+code{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}</style></head>
+<body><h1>jobmill</h1><p>The service is running. The web dashboard is not built yet; use the HTTP API
+(<a href="/docs">interactive docs</a>, <a href="/api/v1/openapi.json">OpenAPI</a>).</p>
+<p>Health: <a href="/api/v1/healthz">/api/v1/healthz</a>,
+readiness: <a href="/api/v1/readyz">/api/v1/readyz</a>,
+metrics: <a href="/api/v1/metrics">/api/v1/metrics</a>.</p></body></html>
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: AppServices | None = None,
+    registry: HandlerRegistry | None = None,
+) -> FastAPI:
+    """The jobmill HTTP app. Resources given in `services` are the caller's to close; others are closed
+    when the app shuts down."""
+    settings = settings or Settings()
+    owned = services is None
+    app_services = services or build_services(settings, registry=registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        global _queue_gauges
+        # The gauges read whichever store served the app last; one app per process in practice.
+        if _queue_gauges is None:
+            _queue_gauges = QueueGauges(lambda: app.state.services.jobs.queue_stats(None))
+            REGISTRY.register(_queue_gauges)
+        try:
+            yield
+        finally:
+            await app_services.requests_limiter.close()
+            await app_services.auth_failures_limiter.close()
+            if owned:
+                app_services.blobs.close()
+                app_services.jobs.store.close()
+
+    app = FastAPI(
+        title="jobmill",
+        version="1",
+        description="Submit long-running jobs, follow their progress and queue position, cancel them.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = app_services
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.max_json_bytes, multipart_limit=settings.max_request_bytes
+    )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(system_router, prefix=API_PREFIX)
+    app.include_router(files_router)
+
+    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    async def dashboard_placeholder() -> str:
+        return DASHBOARD_PLACEHOLDER
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            # The submit body is read by hand (JSON or multipart), so its model is added explicitly.
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["JobCreate"] = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

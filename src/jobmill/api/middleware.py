@@ -1,0 +1,138 @@
+"""ASGI middleware: request ids and JSON access logs; request-body limits enforced while streaming.
+
+Both are plain ASGI (not BaseHTTPMiddleware) so that streaming responses (downloads, SSE) pass through
+untouched and cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobmill.metrics import HTTP_REQUESTS
+
+access_log = logging.getLogger("jobmill.access")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the caller's X-Request-ID when sane), returns it, logs one JSON line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            principal = state.get("principal")
+            HTTP_REQUESTS.labels(scope["method"], str(status)).inc()
+            record: dict[str, Any] = {
+                "request_id": request_id,
+                "tenant": getattr(principal, "tenant", None),
+                "principal": getattr(principal, "subject", None),
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+            access_log.info(json.dumps(record, separators=(",", ":")))
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit: at once by Content-Length, else as soon as the bytes arrive.
+
+    Multipart submissions get `multipart_limit`; every other body `json_limit`, so a huge or deeply
+    nested JSON document is refused before anyone parses it.
+    """
+
+    def __init__(self, app: ASGIApp, *, json_limit: int, multipart_limit: int) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.multipart_limit = multipart_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        limit = self.multipart_limit if content_type.startswith("multipart/") else self.json_limit
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(scope, send, limit)
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not response_started:
+                await _too_large(scope, send, limit)
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    request_id = scope.get("state", {}).get("request_id")
+    body = json.dumps(
+        {
+            "error": {
+                "code": "too_large",
+                "message": f"the request body is larger than {limit} bytes",
+                "details": {"limit": limit},
+                "request_id": request_id,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
