@@ -118,9 +118,8 @@ def _emit(message: dict[str, Any]) -> None:
 
 async def child_main(request: dict[str, Any]) -> None:
     from jobmill.handlers import default_registry
-    from jobmill.worker.context import JobContext, SyncJobContext
-
     from jobmill.storage import open_blobstore
+    from jobmill.worker.context import JobContext, SyncJobContext
 
     importlib.import_module(request["module"])
     spec = default_registry.get(request["kind"])
