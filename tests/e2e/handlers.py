@@ -91,3 +91,16 @@ async def flaky(ctx: JobContext) -> dict[str, Any]:
     if ctx.attempt <= int(ctx.params["fail_times"]):
         raise ValueError(f"planned failure {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@handler("e2e.upper", queue="e2e", max_attempts=2)
+async def upper(ctx: JobContext) -> dict[str, Any]:
+    """Reads the uploaded `source`, publishes it upper-cased as `upper.txt`."""
+    record_execution(ctx)
+    await ctx.stage("transform", progress=0)
+    source = await ctx.input_path("source")
+    out = ctx.workdir / "upper.txt"
+    out.write_bytes(source.read_bytes().upper())
+    await ctx.save_output("upper.txt", out)
+    await ctx.progress(100)
+    return {"bytes": out.stat().st_size}

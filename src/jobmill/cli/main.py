@@ -1,4 +1,4 @@
-"""The `jobmill` command line: run workers, migrate the database.
+"""The `jobmill` command line: serve the API, run workers, migrate the database, manage API keys.
 
 Every error a user can cause is reported as one readable line and a non-zero exit, not a traceback.
 """
@@ -15,11 +15,13 @@ from typing import Annotated
 
 import typer
 
+from jobmill.access import AccessService
 from jobmill.config import Settings
 from jobmill.errors import JobmillError
 from jobmill.handlers import default_registry
-from jobmill.service import JobService, RetryPolicy
-from jobmill.store import open_store
+from jobmill.service import JobService, RetryPolicy, utc_now
+from jobmill.storage import open_blobstore
+from jobmill.store import JobStore, open_store
 from jobmill.worker.worker import Worker, WorkerConfig, WorkerStats
 
 app = typer.Typer(
@@ -88,8 +90,28 @@ def worker(
         lease_s=settings.lease_s,
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
     )
-    config = WorkerConfig(
-        queues=queue_list,
+    config = _worker_config(settings, queue_list, concurrency, burst)
+    try:
+        blobs = open_blobstore(settings.storage_url, secret_key=settings.secret_key)
+    except JobmillError as exc:
+        raise _fail(str(exc), 1) from exc
+    runner = Worker(service, default_registry, config, blobs=blobs)
+    try:
+        stats = asyncio.run(_run_worker(runner))
+    finally:
+        blobs.close()
+        store.close()
+    typer.echo(
+        f"worker stopped: {stats.completed} completed, {stats.failed} failed, {stats.retried} retried,"
+        f" {stats.cancelled} cancelled, {stats.released} handed back"
+    )
+
+
+def _worker_config(
+    settings: Settings, queues: list[str] | None, concurrency: int, burst: bool
+) -> WorkerConfig:
+    return WorkerConfig(
+        queues=queues if queues is not None else default_registry.queues(),
         concurrency=concurrency,
         poll_interval_s=settings.poll_interval_s,
         lease_s=settings.lease_s,
@@ -97,15 +119,6 @@ def worker(
         shutdown_grace_s=settings.shutdown_grace_s,
         workdir_root=Path(settings.workdir_root),
         burst=burst,
-    )
-    runner = Worker(service, default_registry, config)
-    try:
-        stats = asyncio.run(_run_worker(runner))
-    finally:
-        store.close()
-    typer.echo(
-        f"worker stopped: {stats.completed} completed, {stats.failed} failed, {stats.retried} retried,"
-        f" {stats.cancelled} cancelled, {stats.released} handed back"
     )
 
 
@@ -126,6 +139,134 @@ async def _run_worker(runner: Worker) -> WorkerStats:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     return await runner.run()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    app_module: Annotated[
+        str | None, typer.Option("--app", help="module whose handlers the embedded workers run")
+    ] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="API only: no embedded workers")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=10_000, help="embedded worker: jobs at once")] = 4,
+    database_url: Annotated[str | None, typer.Option(help="overrides JOBMILL_DATABASE_URL")] = None,
+    log_level: Annotated[str, typer.Option(help="jobmill's log level")] = "info",
+) -> None:
+    """Run the HTTP API and dashboard, with embedded workers for the handlers of --app."""
+    import uvicorn
+
+    from jobmill.api.app import build_services, create_app
+
+    _configure_logging(log_level)
+    settings = Settings() if database_url is None else Settings(database_url=database_url)
+    if app_module:
+        _import_app(app_module)
+    try:
+        services = build_services(settings, registry=default_registry if app_module else None)
+    except JobmillError as exc:
+        raise _fail(str(exc), 1) from exc
+    api = create_app(settings, services=services)
+    runner = None
+    if not no_worker and app_module:
+        runner = Worker(
+            services.jobs,
+            default_registry,
+            _worker_config(settings, None, concurrency, False),
+            blobs=services.blobs,
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    )
+    typer.echo(
+        f"jobmill serving on http://{host}:{port} (API docs: /docs)"
+        + (f"; embedded worker on queues {','.join(default_registry.queues())}" if runner else "")
+    )
+    try:
+        asyncio.run(_serve(server, runner))
+    finally:
+        services.blobs.close()
+        services.jobs.store.close()
+
+
+async def _serve(server: object, runner: Worker | None) -> None:
+    """Run uvicorn (it handles SIGINT/SIGTERM) and the embedded worker; when the server stops, the worker
+    finishes or hands back its jobs."""
+    import uvicorn
+
+    assert isinstance(server, uvicorn.Server)
+    worker_task = asyncio.create_task(runner.run()) if runner is not None else None
+    try:
+        await server.serve()
+    finally:
+        if runner is not None and worker_task is not None:
+            runner.request_stop()
+            await worker_task
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _access() -> tuple[JobStore, AccessService]:
+    try:
+        store = open_store(Settings().database_url)
+    except JobmillError as exc:
+        raise _fail(str(exc), 1) from exc
+    return store, AccessService(store, utc_now)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    role: Annotated[str, typer.Option(help="user or admin")] = "user",
+    name: Annotated[str | None, typer.Option(help="a label, to recognise the key in lists")] = None,
+) -> None:
+    """Create a key. It is printed once, as the last line: store it now."""
+    store, access = _access()
+    try:
+        record, token = access.create_key(tenant, role, name, actor="cli")
+    except JobmillError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        store.close()
+    typer.echo(f"created key {record.key_id} for tenant {record.tenant} (role {record.role})")
+    typer.echo("the key is shown only once; store it now:")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None) -> None:
+    """List keys (never their secrets)."""
+    store, access = _access()
+    try:
+        records = access.list_keys(tenant)
+    finally:
+        store.close()
+    if not records:
+        typer.echo("no keys")
+        return
+    typer.echo(f"{'KEY ID':<14} {'TENANT':<20} {'ROLE':<6} {'STATE':<8} {'CREATED':<20} NAME")
+    for r in records:
+        state = "active" if r.active else "revoked"
+        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{r.key_id:<14} {r.tenant:<20} {r.role:<6} {state:<8} {created:<20} {r.name or ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key id (the part after jm_)")],
+    tenant: Annotated[str | None, typer.Option(help="refuse unless the key belongs to this tenant")] = None,
+) -> None:
+    """Revoke a key; it stops working at once on every API node."""
+    store, access = _access()
+    try:
+        revoked = access.revoke_key(key_id, "cli", tenant)
+    finally:
+        store.close()
+    if revoked is None:
+        raise _fail(f"no active key {key_id!r}" + (f" for tenant {tenant!r}" if tenant else ""), 1)
+    typer.echo(f"revoked key {revoked.key_id} of tenant {revoked.tenant}")
 
 
 def main() -> None:

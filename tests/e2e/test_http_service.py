@@ -1,0 +1,82 @@
+"""The whole service as deployed: `jobmill serve --no-worker` and `jobmill worker` as separate processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import WorkerProcess, wait_until
+from tests.support.service import ServeProcess, create_key, service_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return service_env(database_url, tmp_path)
+
+
+@pytest.fixture
+def api(env: dict[str, str], tmp_path: Path) -> Iterator[ServeProcess]:
+    # An API-only node still imports the handlers: it validates kinds and knows their queues.
+    server = ServeProcess(env, tmp_path / "serve.log", "--no-worker", "--app", "tests.e2e.handlers")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def worker(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    settings = {k.removeprefix("JOBMILL_").lower(): v for k, v in env.items() if k.startswith("JOBMILL_")}
+    settings.pop("database_url")
+    settings.pop("workdir_root")
+    process = WorkerProcess(database_url, tmp_path / "work", tmp_path / "worker.log", **settings).start()
+    yield process
+    process.stop()
+
+
+def test_upload_transform_download(api: ServeProcess, worker: WorkerProcess, env: dict[str, str]) -> None:
+    key = create_key(env, "acme", "user")
+    headers = {"Authorization": f"Bearer {key}"}
+    payload = b"hello jobmill, shout this back\n" * 5000
+    with httpx.Client(base_url=api.url, headers=headers, timeout=10) as client:
+        response = client.post(
+            "/api/v1/jobs",
+            data={"spec": json.dumps({"kind": "e2e.upper", "params": {}})},
+            files={"source": ("../../etc/shout.txt", payload, "text/plain")},
+        )
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert response.headers["location"] == f"/api/v1/jobs/{job['id']}"
+        assert job["inputs"][0]["size"] == len(payload) and job["inputs"][0]["filename"] == "shout.txt"
+
+        def finished() -> dict[str, object] | None:
+            current = client.get(f"/api/v1/jobs/{job['id']}").json()
+            return current if current["status"] in ("completed", "failed") else None
+
+        done = wait_until(finished, 30, "the worker to finish the job", interval=0.05)
+        assert done["status"] == "completed", (done, worker.log())
+        (output,) = done["outputs"]  # type: ignore[misc]
+        assert output["name"] == "upper.txt" and output["size"] == len(payload)
+        # The signed URL needs no credentials; the bytes are the transformed upload.
+        downloaded = httpx.get(output["download_url"], timeout=10)
+        assert downloaded.status_code == 200 and downloaded.content == payload.upper()
+        redirect = client.get(f"/api/v1/jobs/{job['id']}/outputs/upper.txt")
+        assert redirect.status_code == 307
+        assert httpx.get(redirect.headers["location"], timeout=10).content == payload.upper()
+        # Another tenant sees nothing of it.
+        other = {"Authorization": f"Bearer {create_key(env, 'other', 'admin')}"}
+        assert client.get(f"/api/v1/jobs/{job['id']}", headers=other).status_code == 404
