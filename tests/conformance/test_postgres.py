@@ -4,6 +4,7 @@ index-driven as dead rows pile up)."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import random
 import statistics
@@ -27,6 +28,7 @@ from jobmill.store.base import (
     Completion,
     JobClaimParams,
     JobCompleteManyParams,
+    JobInsertManyParams,
     JobListParams,
     Lease,
     Notification,
@@ -376,9 +378,13 @@ def test_lost_connections_are_unavailable_then_replaced(pg_url: str, stores: lis
 
 
 def test_other_driver_errors_are_store_errors(pg_url: str, stores: list[PostgresJobStore]) -> None:
-    service = JobService(open_pg(pg_url, stores))
+    store = open_pg(pg_url, stores)
+    service = JobService(store)
+    # The service refuses NUL in params; straight to the store, jsonb's own refusal must be translated.
+    bad = service._new_job(SubmitRequest(kind="k"), service.clock())
+    bad = dataclasses.replace(bad, params={"text": "nul \x00 byte"})
     with pytest.raises(StoreError) as info:
-        service.submit(SubmitRequest(kind="k", params={"text": "nul \x00 byte"}))  # jsonb refuses \u0000
+        store.job_insert_many(JobInsertManyParams([bad], service.clock()))
     assert not isinstance(info.value, StoreUnavailable)
     assert not isinstance(info.value.__cause__, StoreError)
     assert isinstance(info.value.__cause__, psycopg.Error)
@@ -463,3 +469,44 @@ def test_concurrent_migrators_apply_each_migration_once() -> None:
             store.close()
     finally:
         db.drop()
+
+
+# -- row-level security ---------------------------------------------------------------------------------
+
+
+def test_row_level_security_hides_other_tenants_from_unscoped_queries(
+    pg_url: str, stores: list[PostgresJobStore]
+) -> None:
+    """The second wall: under a tenant's setting, a query with NO tenant filter sees only that tenant."""
+    store = open_pg(pg_url, stores)
+    service = JobService(store)
+    mine = [service.submit(SubmitRequest(kind="k", tenant="a")).job for _ in range(3)]
+    theirs = service.submit(SubmitRequest(kind="k", tenant="b")).job
+    # The store's own tenant-scoped path, handed a query that forgot its tenant filter:
+    rows = store._all("SELECT id, tenant FROM jobmill_jobs", {}, tenant="a")
+    assert {r[0] for r in rows} == {j.id for j in mine} and {r[1] for r in rows} == {"a"}
+    assert store._all("SELECT count(*) FROM jobmill_events", {}, tenant="a") == [(3,)]
+    # Forged writes reach nothing, and rows for another tenant cannot be created.
+    assert (
+        store._all(
+            "UPDATE jobmill_jobs SET priority = 99 WHERE id = %(id)s RETURNING id", {"id": theirs.id}, "a"
+        )
+        == []
+    )
+    with pytest.raises(StoreError):
+        store._all(
+            "INSERT INTO jobmill_audit (at, tenant, actor, action)"
+            " VALUES (now(), 'b', 'x', 'forged') RETURNING id",
+            {},
+            tenant="a",
+        )
+    # The same statements by hand, as an API transaction runs them, without the store's help.
+    with psycopg.connect(pg_url) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE jobmill_tenant")
+        conn.execute("SELECT set_config('jobmill.tenant', 'b', true)")
+        assert conn.execute("SELECT id FROM jobmill_jobs").fetchall() == [(theirs.id,)]
+        conn.execute("SELECT set_config('jobmill.tenant', '', true)")
+        assert conn.execute("SELECT count(*) FROM jobmill_jobs").fetchone() == (0,)  # no tenant: nothing
+    # Workers and operators (no tenant) still see every tenant.
+    assert store._all("SELECT count(*) FROM jobmill_jobs", {}) == [(4,)]
+    assert service.queue_position(theirs.id, "a") is None

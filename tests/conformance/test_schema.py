@@ -109,6 +109,20 @@ SELECT sequencename, data_type::text, start_value, increment_by, cycle FROM pg_s
 WHERE schemaname = current_schema() AND sequencename NOT LIKE %(skip_like)s ORDER BY 1
 """
 
+POLICIES_SQL = """
+SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check FROM pg_policies
+WHERE schemaname = current_schema() ORDER BY 1, 2
+"""
+ROW_SECURITY_SQL = """
+SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> %(skip)s ORDER BY 1
+"""
+GRANTS_SQL = """
+SELECT table_name, privilege_type FROM information_schema.role_table_grants
+WHERE table_schema = current_schema() AND grantee = 'jobmill_tenant' ORDER BY 1, 2
+"""
+
 
 def pg_catalog(url: str) -> dict[str, Any]:
     args = {"skip": MIGRATIONS_TABLE, "skip_like": MIGRATIONS_TABLE + "%"}
@@ -129,6 +143,9 @@ def pg_catalog(url: str) -> dict[str, Any]:
             ],
             "constraints": conn.execute(CONSTRAINTS_SQL, args).fetchall(),
             "sequences": conn.execute(SEQUENCES_SQL, args).fetchall(),
+            "policies": conn.execute(POLICIES_SQL, args).fetchall(),
+            "row_security": conn.execute(ROW_SECURITY_SQL, args).fetchall(),
+            "tenant_grants": conn.execute(GRANTS_SQL, args).fetchall(),
         }
 
 

@@ -66,6 +66,7 @@ from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 log = logging.getLogger(__name__)
 
 CHANNEL = "jobmill"
+TENANT_ROLE = "jobmill_tenant"  # created by migration 0003; restricted by the row-level security policies
 LISTENER_NAME = "jobmill-listener"  # application_name of the LISTEN connections
 # pg_advisory_xact_lock key that serialises concurrent migrators: "jobmill" in ASCII.
 MIGRATION_LOCK_KEY = 0x6A6F626D696C6C
@@ -389,20 +390,35 @@ class PostgresJobStore:
     # -- plumbing -------------------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; psycopg errors leave this block as StoreError."""
+    def _connection(self, tenant: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; psycopg errors leave this block as StoreError.
+
+        With a tenant, the block is one transaction run as the jobmill_tenant role with jobmill.tenant
+        set, so row-level security hides every other tenant's rows even from a query that forgot its
+        tenant filter. Without one (workers, the reaper, operators), the owner role sees every tenant.
+        """
         try:
             with self._pool.connection() as conn:
-                yield conn
+                if tenant is None:
+                    yield conn
+                    return
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT set_config('role', %s, true), set_config('jobmill.tenant', %s, true)",
+                        (TENANT_ROLE, tenant),
+                    )
+                    yield conn
         except psycopg.Error as exc:
             _translate(exc)
 
-    def _one(self, sql: str, args: dict[str, Any]) -> tuple[Any, ...] | None:
-        with self._connection() as conn:
+    def _one(self, sql: str, args: dict[str, Any], tenant: str | None = None) -> tuple[Any, ...] | None:
+        with self._connection(tenant) as conn:
             return conn.execute(sql, args).fetchone()
 
-    def _all(self, sql: str, args: dict[str, Any] | Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._connection() as conn:
+    def _all(
+        self, sql: str, args: dict[str, Any] | Sequence[Any], tenant: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        with self._connection(tenant) as conn:
             return conn.execute(sql, args).fetchall()
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -613,7 +629,7 @@ class PostgresJobStore:
         sql = f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE id = %(id)s"
         if params.tenant is not None:
             sql += " AND tenant = %(tenant)s"
-        row = self._one(sql, {"id": params.job_id, "tenant": params.tenant})
+        row = self._one(sql, {"id": params.job_id, "tenant": params.tenant}, params.tenant)
         return None if row is None else _job(row)
 
     def job_list(self, params: JobListParams) -> list[Job]:
@@ -639,7 +655,7 @@ class PostgresJobStore:
             "before_seq": params.before_seq,
             "limit": params.limit,
         }
-        return [_job(r) for r in self._all(sql, args)]
+        return [_job(r) for r in self._all(sql, args, params.tenant)]
 
     def job_claim(self, params: JobClaimParams) -> list[Job]:
         queues = list(dict.fromkeys(params.queues))  # a queue named twice would be walked twice
@@ -865,7 +881,7 @@ class PostgresJobStore:
         audit_args = (
             {"actor": audit.actor, "action": audit.action, "before": _json(audit.before)} if audit else {}
         )
-        row = self._one(sql, {**args, **audit_args, "id": job_id, "tenant": tenant, "now": now})
+        row = self._one(sql, {**args, **audit_args, "id": job_id, "tenant": tenant, "now": now}, tenant)
         return None if row is None else _job(row)
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
@@ -939,7 +955,7 @@ class PostgresJobStore:
         )
         if params.tenant is not None:
             sql += " AND j.tenant = %(tenant)s"
-        row = self._one(sql, {"id": params.job_id, "now": params.now, "tenant": params.tenant})
+        row = self._one(sql, {"id": params.job_id, "now": params.now, "tenant": params.tenant}, params.tenant)
         return None if row is None else int(row[0])
 
     def event_list(self, params: EventListParams) -> list[JobEvent]:
@@ -961,7 +977,7 @@ class PostgresJobStore:
             "after_id": params.after_id,
             "limit": params.limit,
         }
-        return [_event(r) for r in self._all(sql, args)]
+        return [_event(r) for r in self._all(sql, args, params.tenant)]
 
     def job_find_cached(self, params: JobFindCachedParams) -> Job | None:
         row = self._one(
@@ -974,6 +990,7 @@ class PostgresJobStore:
                 "kind": params.kind,
                 "after": params.finished_after,
             },
+            params.tenant,
         )
         return None if row is None else _job(row)
 
@@ -989,7 +1006,7 @@ class PostgresJobStore:
             + (" WHERE tenant = %(tenant)s" if params.tenant is not None else "")
             + " GROUP BY queue ORDER BY queue"
         )
-        rows = self._all(sql, {"since": params.since, "tenant": params.tenant})
+        rows = self._all(sql, {"since": params.since, "tenant": params.tenant}, params.tenant)
         return [QueueStats(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def api_key_insert(self, params: ApiKeyInsertParams) -> ApiKeyRecord:
@@ -1050,6 +1067,7 @@ class PostgresJobStore:
         rows = self._all(
             sql + " ORDER BY id DESC LIMIT %(limit)s",
             {"tenant": params.tenant, "before": params.before_id, "limit": params.limit},
+            params.tenant,
         )
         return [AuditRecord(*r) for r in rows]
 
