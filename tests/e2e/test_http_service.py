@@ -6,25 +6,48 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
 from tests.support.processes import WorkerProcess, wait_until
+from tests.support.s3 import DUMMY_CREDENTIALS, MotoServer
 from tests.support.service import ServeProcess, create_key, service_env
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture(params=["local"])
+def storage_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    if request.param == "local":
+        yield f"file://{tmp_path / 'blobs'}"
+        return
+    # A real S3 HTTP endpoint (moto's server); both processes inherit the credentials from here.
+    for name, value in DUMMY_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = MotoServer().start()
+    try:
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1").create_bucket(
+            Bucket="jobmill-e2e"
+        )
+        yield f"s3://jobmill-e2e/blobs?endpoint_url={server.endpoint}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return service_env(database_url, tmp_path)
+def env(database_url: str, storage_url: str, tmp_path: Path) -> dict[str, str]:
+    return service_env(database_url, tmp_path, JOBMILL_STORAGE_URL=storage_url)
 
 
 @pytest.fixture
@@ -48,6 +71,11 @@ def worker(env: dict[str, str], database_url: str, tmp_path: Path) -> Iterator[W
     process.stop()
 
 
+@pytest.mark.parametrize(
+    ("database_url", "storage_url"),
+    [("sqlite", "local"), ("postgres", "local"), ("sqlite", "s3")],
+    indirect=True,
+)
 def test_upload_transform_download(api: ServeProcess, worker: WorkerProcess, env: dict[str, str]) -> None:
     key = create_key(env, "acme", "user")
     headers = {"Authorization": f"Bearer {key}"}

@@ -36,6 +36,7 @@ from uuid import UUID
 from jobmill.domain.job import Job, JobStatus, JsonObject
 from jobmill.errors import JobmillError, StoreError
 from jobmill.handlers import HandlerRegistry, HandlerSpec
+from jobmill.metrics import JOBS_FINISHED, PICKUP_LATENCY, RUN_TIME
 from jobmill.service import JobService, error_info
 from jobmill.storage.base import BlobStore
 from jobmill.store.base import Completion, Lease, Notification, Subscription
@@ -235,6 +236,11 @@ class Worker:
     def _start(self, job: Job, job_tasks: set[asyncio.Task[None]]) -> None:
         assert job.lease_token is not None
         self.stats.claimed += 1
+        if job.started_at is not None:
+            runnable_since = max(job.created_at, job.run_after)
+            PICKUP_LATENCY.labels(job.queue).observe(
+                max(0.0, (job.started_at - runnable_since).total_seconds())
+            )
         workdir = Path(self.config.workdir_root) / str(job.id)
         ctx = JobContext(
             job_id=job.id,
@@ -285,6 +291,9 @@ class Worker:
                 await running.ctx.processes.kill_all(self.config.cancel_grace_s)
                 await self._db(shutil.rmtree, running.ctx.workdir, True)
             await self._record(running, outcome)
+            outcome_name = outcome[1].value if outcome[0] == "stopped" else outcome[0]
+            JOBS_FINISHED.labels(job.queue, outcome_name).inc()
+            RUN_TIME.labels(job.queue, job.kind).observe(time.monotonic() - started)
             log.debug(
                 "job %s (%s) ended: %s after %.3fs",
                 job.id,
