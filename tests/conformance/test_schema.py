@@ -123,6 +123,16 @@ SELECT table_name, privilege_type FROM information_schema.role_table_grants
 WHERE table_schema = current_schema() AND grantee = 'jobmill_tenant' ORDER BY 1, 2
 """
 
+TRIGGERS_SQL = """
+SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND NOT t.tgisinternal
+ORDER BY 1, 2
+"""
+FUNCTIONS_SQL = """
+SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema() ORDER BY 1
+"""
+
 
 def pg_catalog(url: str) -> dict[str, Any]:
     args = {"skip": MIGRATIONS_TABLE, "skip_like": MIGRATIONS_TABLE + "%"}
@@ -146,6 +156,11 @@ def pg_catalog(url: str) -> dict[str, Any]:
             "policies": conn.execute(POLICIES_SQL, args).fetchall(),
             "row_security": conn.execute(ROW_SECURITY_SQL, args).fetchall(),
             "tenant_grants": conn.execute(GRANTS_SQL, args).fetchall(),
+            "triggers": [
+                (table, name, qualified.sub("", definition))
+                for table, name, definition in conn.execute(TRIGGERS_SQL, args)
+            ],
+            "functions": [(name, qualified.sub("", d)) for name, d in conn.execute(FUNCTIONS_SQL, args)],
         }
 
 

@@ -104,3 +104,15 @@ async def upper(ctx: JobContext) -> dict[str, Any]:
     await ctx.save_output("upper.txt", out)
     await ctx.progress(100)
     return {"bytes": out.stat().st_size}
+
+
+@handler("e2e.ticker", queue="e2e")
+async def ticker(ctx: JobContext) -> dict[str, Any]:
+    """Reports progress `ticks` times, `interval_s` apart: a steady stream of events to measure."""
+    ticks = int(ctx.params.get("ticks", 10))
+    interval = float(ctx.params.get("interval_s", 0.1))
+    await ctx.stage("ticking", progress=0)
+    for i in range(1, ticks + 1):
+        await asyncio.sleep(interval)
+        await ctx.progress(round(100 * i / ticks, 2))
+    return {"ticks": ticks}

@@ -63,14 +63,16 @@ class ServeProcess:
         self.log_path = log_path
 
     def wait_ready(self, timeout: float = 30) -> None:
-        def ready() -> bool:
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                return httpx.get(f"{self.url}/api/v1/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
+        with httpx.Client(timeout=2) as client:
 
-        wait_until(ready, timeout, "the API to be ready", interval=0.05)
+            def ready() -> bool:
+                assert self.proc.poll() is None, self.log_path.read_text()
+                try:
+                    return client.get(f"{self.url}/api/v1/readyz").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_until(ready, timeout, "the API to be ready", interval=0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -18,12 +18,14 @@ from jobmill.api.deps import AppServices
 from jobmill.api.errors import install_error_handlers
 from jobmill.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from jobmill.api.ratelimit import open_rate_limiter
+from jobmill.api.routes_events import router as events_router
 from jobmill.api.routes_jobs import router as jobs_router
 from jobmill.api.routes_system import files_router
 from jobmill.api.routes_system import router as system_router
 from jobmill.api.schemas import JobCreate
 from jobmill.auth import JwtVerifier
 from jobmill.config import Settings
+from jobmill.events import EventFollower, EventHub
 from jobmill.handlers import HandlerRegistry
 from jobmill.metrics import REGISTRY, QueueGauges
 from jobmill.service import JobService, RetryPolicy, utc_now
@@ -33,6 +35,7 @@ from jobmill.store import JobStore, open_store
 
 API_PREFIX = "/api/v1"
 _queue_gauges: QueueGauges | None = None
+_gauge_services: AppServices | None = None
 
 
 def resolve_secret_key(settings: Settings) -> str:
@@ -116,14 +119,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        global _queue_gauges
-        # The gauges read whichever store served the app last; one app per process in practice.
+        global _queue_gauges, _gauge_services
+        # The gauges read the store of the app that started last (one app per process in practice); not
+        # the first app's, whose store may be closed by now.
+        _gauge_services = app_services
         if _queue_gauges is None:
-            _queue_gauges = QueueGauges(lambda: app.state.services.jobs.queue_stats(None))
+            _queue_gauges = QueueGauges(
+                lambda: _gauge_services.jobs.queue_stats(None) if _gauge_services is not None else []
+            )
             REGISTRY.register(_queue_gauges)
+        hub = EventHub()
+        follower = EventFollower(app_services.jobs.store, hub, poll_interval_s=settings.poll_interval_s)
+        app.state.hub = hub
+        await follower.start()
         try:
             yield
         finally:
+            if _gauge_services is app_services:
+                _gauge_services = None  # its store is about to close
+            await follower.stop()
             await app_services.requests_limiter.close()
             await app_services.auth_failures_limiter.close()
             if owned:
@@ -146,6 +160,7 @@ def create_app(
     )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(events_router, prefix=API_PREFIX)
     app.include_router(system_router, prefix=API_PREFIX)
     app.include_router(files_router)
 

@@ -135,6 +135,21 @@ class AuditList(BaseModel):
     next_cursor: str | None
 
 
+class JobEventView(BaseModel):
+    """One change of a job, as the live streams send it (SSE `data:`, WebSocket `event`)."""
+
+    id: int = Field(description="global event id (the tenant stream's SSE id)")
+    job_id: UUID
+    seq: int = Field(description="per-job sequence number (the job stream's SSE id)")
+    at: datetime
+    type: str = Field(description="status, progress or priority")
+    status: JobStatus
+    stage: str | None
+    progress: float | None
+    message: str | None
+    data: dict[str, Any] | None
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
 

@@ -343,6 +343,8 @@ class _Listener:
                 notification = Notification("new_job", queue=data.get("queue"))
             elif topic == "cancel":
                 notification = Notification("cancel", job_id=UUID(data["job_id"]))
+            elif topic == "events":
+                notification = Notification("events")
             else:
                 return
         except (ValueError, KeyError, TypeError):

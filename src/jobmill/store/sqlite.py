@@ -223,6 +223,7 @@ class SqliteJobStore:
         else:
             raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db or memory://)")
         self._lock = threading.RLock()
+        self._events_written = False
         try:
             self._conn = sqlite3.connect(
                 self._path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -240,12 +241,17 @@ class SqliteJobStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the database lock up front, so it never fails half-way."""
+        """A write transaction that takes the database lock up front, so it never fails half-way.
+
+        When it appended events, this process's event followers are woken after the commit; other
+        processes notice the new rows by polling.
+        """
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite is locked: {exc}") from exc
+            self._events_written = False
             try:
                 yield self._conn
             except BaseException:
@@ -253,6 +259,8 @@ class SqliteJobStore:
                 raise
             else:
                 self._conn.execute("COMMIT")
+            if self._events_written:
+                _HUB.publish(self._hub_key, [Notification("events")])
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -270,6 +278,7 @@ class SqliteJobStore:
         at: datetime,
         data: dict[str, Any] | None = None,
     ) -> None:
+        self._events_written = self._events_written or bool(rows)
         conn.executemany(
             "INSERT INTO jobmill_events"
             " (job_id, tenant, seq, at, type, status, stage, progress, message, data)"
