@@ -139,14 +139,18 @@ def test_nothing_is_sent_when_nothing_changed(pg_url: str, stores: list[Postgres
     subscription = open_pg(pg_url, stores).notification_subscribe(inbox)
     service = JobService(open_pg(pg_url, stores))
     first = service.submit(SubmitRequest(kind="k", queue="once", idempotency_key="key"))
+    # The first submission wakes workers of its queue and, after its statement, the event followers.
     inbox.wait_for(Notification("new_job", queue="once"))
+    inbox.wait_for(Notification("events"))
     with inbox.changed:
         inbox.items.clear()
     again = service.submit(SubmitRequest(kind="k", queue="once", idempotency_key="key"))
     assert not again.created and again.job == first.job
     service.submit(SubmitRequest(kind="k", queue="marker"))
     inbox.wait_for(Notification("new_job", queue="marker"))
-    assert [n for _, n in inbox.items] == [Notification("new_job", queue="marker")]
+    inbox.wait_for(Notification("events"))
+    # The replay appended no event and woke nobody: only the marker's two notices arrived.
+    assert [n for _, n in inbox.items] == [Notification("new_job", queue="marker"), Notification("events")]
     subscription.close()
 
 

@@ -145,16 +145,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "malformed", 413: "too_large"}
+        limit = getattr(exc, "limit", None)  # BodyTooLarge, as the middleware's own 413 says
         return error_response(
             request,
             exc.status_code,
             codes.get(exc.status_code, "http_error"),
             str(exc.detail),
-            None,
+            {"limit": limit} if isinstance(limit, int) else None,
             dict(exc.headers) if exc.headers else None,
         )
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(request, 500, "internal", "internal error")
+        # Starlette answers this one from its outermost middleware, outside RequestContextMiddleware,
+        # which therefore cannot add the header: add it here.
+        request_id = request_id_of(request)
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return error_response(request, 500, "internal", "internal error", headers=headers)

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobmill.metrics import HTTP_REQUESTS
@@ -62,9 +63,11 @@ class RequestContextMiddleware:
             access_log.info(json.dumps(record, separators=(",", ":")))
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body reading lets it through (it turns other errors into 400)."""
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is larger than {limit} bytes")
+        super().__init__(413, f"the request body is larger than {limit} bytes")
         self.limit = limit
 
 

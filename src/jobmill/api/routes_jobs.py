@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import pydantic
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -49,7 +49,7 @@ MAX_LIST_LIMIT = 200
 SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503)
 }
 
 SUBMIT_BODY = {
@@ -149,9 +149,20 @@ async def _parse_submission(
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
 
 
+async def _close_form(request: Request) -> AsyncIterator[None]:
+    """Close a parsed multipart form (its spooled temporary files) when the request ends, however."""
+    try:
+        yield
+    finally:
+        form = getattr(request.state, "form", None)
+        if form is not None:
+            await form.close()
+
+
 @router.post(
     "/jobs",
     status_code=202,
+    dependencies=[Depends(_close_form)],
     response_model=JobView,
     responses={200: {"model": JobView, "description": "an idempotent replay: the existing job"}, **ERRORS},
     openapi_extra=SUBMIT_BODY,
@@ -273,7 +284,13 @@ def _check_confirm_token(services: AppServices, token: str, job_id: UUID, princi
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=JobView | CancelConfirmation,
-    responses={202: {"model": JobView, "description": "running: cancelling; or a confirm token"}, **ERRORS},
+    responses={
+        202: {
+            "model": JobView | CancelConfirmation,
+            "description": "running: cancelling; or a confirm token",
+        },
+        **ERRORS,
+    },
     summary="Cancel a job: pending 200 cancelled, running 202 cancelling, terminal 409",
 )
 async def cancel_job(
