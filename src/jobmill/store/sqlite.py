@@ -503,26 +503,28 @@ class SqliteJobStore:
         now = _ts(params.now)
         done: list[UUID] = []
         with self._write() as conn:
-            for completion in params.completions:
-                row = conn.execute(
-                    f"UPDATE jobmill_jobs SET status = ?, result = ?, outputs = COALESCE(?, outputs),"
-                    f" finished_at = ?, updated_at = ?, lease_owner = NULL, lease_token = NULL,"
-                    f" lease_expires_at = NULL, event_seq = event_seq + 1"
-                    f" WHERE id = ? AND lease_token = ? AND status = ? RETURNING {EVENT_FROM_RETURNING}",
-                    (
-                        params.edge.target.value,
-                        _json(completion.result),
-                        _json(completion.outputs),
-                        now,
-                        now,
-                        str(completion.lease.job_id),
-                        str(completion.lease.token),
-                        source.value,
-                    ),
-                ).fetchone()
-                if row is not None:
-                    self._append_events(conn, [row], "status", params.now)
-                    done.append(completion.lease.job_id)
+            # One UPDATE per chunk: the batch's (id, token, result, outputs) rows joined in as VALUES.
+            for start in range(0, len(params.completions), MAX_BATCH // 4):
+                chunk = params.completions[start : start + MAX_BATCH // 4]
+                values = ",".join("(?,?,?,?)" for _ in chunk)
+                args: list[Any] = []  # in the order of the placeholders: the VALUES rows come first
+                for c in chunk:
+                    args.extend((str(c.lease.job_id), str(c.lease.token), _json(c.result), _json(c.outputs)))
+                args.extend((params.edge.target.value, now, now, source.value))
+                rows = conn.execute(
+                    f"WITH c(id, token, result, outputs) AS (VALUES {values})"
+                    f" UPDATE jobmill_jobs SET status = ?, result = c.result,"
+                    f" outputs = COALESCE(c.outputs, jobmill_jobs.outputs), finished_at = ?, updated_at = ?,"
+                    f" lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,"
+                    f" event_seq = event_seq + 1 FROM c"
+                    f" WHERE jobmill_jobs.id = c.id AND jobmill_jobs.lease_token = c.token"
+                    f" AND jobmill_jobs.status = ?"
+                    f" RETURNING jobmill_jobs.id, jobmill_jobs.tenant, jobmill_jobs.event_seq,"
+                    f" jobmill_jobs.status, jobmill_jobs.stage, jobmill_jobs.progress, jobmill_jobs.message",
+                    args,
+                ).fetchall()
+                self._append_events(conn, rows, "status", params.now)
+                done.extend(UUID(r["id"]) for r in rows)
         return done
 
     def _lease_write(

@@ -65,13 +65,14 @@ class JobContext:
         blobs: BlobStore | None = None,
     ) -> None:
         self.job_id = job_id
+        self._workdir = workdir
+        self.workdir_created = False
         self.tenant = tenant
         self.outputs: dict[str, dict[str, Any]] = {}
         self._blobs = blobs
         self.kind = kind
         self.params = params
         self.attempt = attempt
-        self.workdir = workdir
         self.inputs: Mapping[str, Any] = inputs or {}
         self.log = log
         self.processes = ProcessRegistry()
@@ -81,6 +82,14 @@ class JobContext:
         self._progress: float | None = None
         self._message: str | None = None
         self._cancelled = threading.Event()
+
+    @property
+    def workdir(self) -> Path:
+        """The job's own temporary folder, created on first use and removed when the attempt ends."""
+        if not self.workdir_created:
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self.workdir_created = True
+        return self._workdir
 
     # -- reporting ------------------------------------------------------------------------------------
 
