@@ -74,7 +74,11 @@ def test_worker_burst_runs_the_demo_handlers(tmp_path: Path) -> None:
         "s.submit(SubmitRequest(kind='demo.checksum', params={'size_bytes': 100000}))\n"
     )
     subprocess.run([sys.executable, "-c", seed], check=True, cwd=REPO, timeout=60)
-    env = {"JOBMILL_DATABASE_URL": url, "JOBMILL_WORKDIR_ROOT": str(tmp_path / "work")}
+    env = {
+        "JOBMILL_DATABASE_URL": url,
+        "JOBMILL_WORKDIR_ROOT": str(tmp_path / "work"),
+        "JOBMILL_STORAGE_URL": f"file://{tmp_path / 'blobs'}",
+    }
     result = jobmill("worker", "--app", "jobmill.demo.handlers", "--burst", env=env)
     assert result.returncode == 0, result.stderr
     assert "worker stopped: 2 completed, 0 failed" in result.stdout

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from jobmill.access import AccessService
+from jobmill.cli.client_commands import register as register_client_commands
 from jobmill.config import Settings
 from jobmill.errors import JobmillError
 from jobmill.handlers import default_registry
@@ -267,6 +268,9 @@ def keys_revoke(
     if revoked is None:
         raise _fail(f"no active key {key_id!r}" + (f" for tenant {tenant!r}" if tenant else ""), 1)
     typer.echo(f"revoked key {revoked.key_id} of tenant {revoked.tenant}")
+
+
+register_client_commands(app)  # submit, status, cancel, jobs, tail: the HTTP client side
 
 
 def main() -> None:
