@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from jobmill.errors import ConfigError
@@ -20,9 +21,11 @@ from jobmill.storage.base import (
     new_key,
 )
 from jobmill.storage.local import LocalBlobStore
-from jobmill.storage.s3 import S3BlobStore
 from jobmill.storage.sniff import DEFAULT_ALLOWED_TYPES, sniff_content_type
 from jobmill.storage.uploads import store_upload
+
+if TYPE_CHECKING:
+    from jobmill.storage.s3 import S3BlobStore
 
 __all__ = [
     "DEFAULT_ALLOWED_TYPES",
@@ -79,6 +82,15 @@ def _open_local(url: str, secret_key: str) -> LocalBlobStore:
     return LocalBlobStore(Path(unquote(raw)), secret_key=secret_key, url=url)
 
 
+def __getattr__(name: str) -> object:
+    # boto3 takes ~200 ms to import: only deployments that use S3 pay for it (and CLI start-up does not).
+    if name == "S3BlobStore":
+        from jobmill.storage.s3 import S3BlobStore
+
+        return S3BlobStore
+    raise AttributeError(name)
+
+
 def _open_s3(url: str) -> S3BlobStore:
     parts = urlsplit(url)
     bucket = parts.netloc  # not .hostname, which would lowercase an invalid name into a valid one
@@ -109,6 +121,8 @@ def _open_s3(url: str) -> S3BlobStore:
         raise ConfigError(f"invalid number in the storage URL {url!r}") from exc
     if max_attempts < 1 or connect_timeout <= 0 or read_timeout <= 0:
         raise ConfigError("max_attempts must be at least 1 and timeouts positive")
+    from jobmill.storage.s3 import S3BlobStore
+
     return S3BlobStore(
         bucket,
         unquote(parts.path),
