@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
 
 from jobmill.access import AccessService
 from jobmill.api.deps import AppServices
@@ -25,6 +24,7 @@ from jobmill.api.routes_system import router as system_router
 from jobmill.api.schemas import JobCreate
 from jobmill.auth import JwtVerifier
 from jobmill.config import Settings
+from jobmill.dashboard import router as dashboard_router
 from jobmill.events import EventFollower, EventHub
 from jobmill.handlers import HandlerRegistry
 from jobmill.metrics import REGISTRY, QueueGauges
@@ -92,19 +92,6 @@ def build_services(
     )
 
 
-DASHBOARD_PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>jobmill</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}
-code{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}</style></head>
-<body><h1>jobmill</h1><p>The service is running. The web dashboard is not built yet; use the HTTP API
-(<a href="/docs">interactive docs</a>, <a href="/api/v1/openapi.json">OpenAPI</a>).</p>
-<p>Health: <a href="/api/v1/healthz">/api/v1/healthz</a>,
-readiness: <a href="/api/v1/readyz">/api/v1/readyz</a>,
-metrics: <a href="/api/v1/metrics">/api/v1/metrics</a>.</p></body></html>
-"""
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -163,10 +150,7 @@ def create_app(
     app.include_router(events_router, prefix=API_PREFIX)
     app.include_router(system_router, prefix=API_PREFIX)
     app.include_router(files_router)
-
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    async def dashboard_placeholder() -> str:
-        return DASHBOARD_PLACEHOLDER
+    app.include_router(dashboard_router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
