@@ -312,3 +312,8 @@ class JobStore(Protocol):
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         """Call `callback` (from any thread) for every notification committed by any process."""
         ...
+
+    def change_counter(self) -> int | None:
+        """A number that changes when another process commits, cheap enough to poll every few ms; None
+        when the backend pushes notifications across processes instead (PostgreSQL)."""
+        ...

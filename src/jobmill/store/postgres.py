@@ -1075,3 +1075,6 @@ class PostgresJobStore:
 
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         return self._listener.subscribe(callback)
+
+    def change_counter(self) -> int | None:
+        return None  # LISTEN/NOTIFY reaches every process; there is nothing to poll

@@ -846,6 +846,15 @@ class SqliteJobStore:
     def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
         return _HUB.subscribe(self._hub_key, callback)
 
+    def change_counter(self) -> int | None:
+        # PRAGMA data_version moves when another connection (any process) commits; reading it costs
+        # microseconds, so idle workers can poll it instead of the tables. A private in-memory database
+        # has no other connections.
+        if self._path == ":memory:":
+            return None
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
 
 def _split_sql(script: str) -> list[str]:
     """Statements of a migration file (they contain no semicolons inside literals)."""

@@ -53,6 +53,8 @@ COMPLETION_FLUSH_S = 0.002
 COMPLETION_BATCH = 200
 # A busy worker waits this long for more free slots before claiming, to claim several jobs at once.
 CLAIM_COALESCE_S = 0.002
+# An idle SQLite worker checks this often whether another process committed (new work, a cancel).
+CHANGE_POLL_S = 0.005
 
 
 class StopReason(Enum):
@@ -124,6 +126,7 @@ class Worker:
         self._completions: list[tuple[Completion, asyncio.Future[bool]]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._started = False
+        self._change_counter: int | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -185,6 +188,7 @@ class Worker:
         subscription: Subscription = await self._db(
             self.service.store.notification_subscribe, self._on_notification
         )
+        self._change_counter = await self._db(self.service.store.change_counter)
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="jobmill-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="jobmill-reaper"),
@@ -237,9 +241,24 @@ class Worker:
             await self._sleep_or_wake(self.config.poll_interval_s)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
+        """Wait for a wake-up (a notification, a free slot) or `seconds`; on a backend without
+        cross-process notifications, also end the wait as soon as another process commits."""
         assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        if self._change_counter is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
+            return
+        deadline = time.monotonic() + seconds
+        start = self._change_counter
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(CHANGE_POLL_S, left)):
+                    await self._wake.wait()
+                    return
+            self._change_counter = await self._db(self.service.store.change_counter)
+            if self._change_counter != start:
+                return
 
     def _start(self, job: Job, job_tasks: set[asyncio.Task[None]]) -> None:
         assert job.lease_token is not None
