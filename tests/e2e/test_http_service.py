@@ -17,13 +17,6 @@ from tests.support.service import ServeProcess, create_key, service_env
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture(params=["local"])
 def storage_url(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -48,17 +41,6 @@ def storage_url(
 @pytest.fixture
 def env(database_url: str, storage_url: str, tmp_path: Path) -> dict[str, str]:
     return service_env(database_url, tmp_path, JOBMILL_STORAGE_URL=storage_url)
-
-
-@pytest.fixture
-def api(env: dict[str, str], tmp_path: Path) -> Iterator[ServeProcess]:
-    # An API-only node still imports the handlers: it validates kinds and knows their queues.
-    server = ServeProcess(env, tmp_path / "serve.log", "--no-worker", "--app", "tests.e2e.handlers")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -22,26 +22,9 @@ pytestmark = pytest.mark.slow
 POLL_S = 0.2  # the SQLite API node's poll interval in these tests
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def env(database_url: str, tmp_path: Path) -> dict[str, str]:
     return service_env(database_url, tmp_path, JOBMILL_POLL_INTERVAL_S=str(POLL_S))
-
-
-@pytest.fixture
-def api(env: dict[str, str], tmp_path: Path) -> Iterator[ServeProcess]:
-    server = ServeProcess(env, tmp_path / "serve.log", "--no-worker", "--app", "tests.e2e.handlers")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -22,13 +22,6 @@ from tests.support.processes import WorkerProcess, live_group_members, pgid_of, 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def store(database_url: str) -> Iterator[JobStore]:
     store = open_store(database_url)

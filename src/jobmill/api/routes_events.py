@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from jobmill.api.deps import AppServices, Caller, Services
 from jobmill.api.errors import ApiError
 from jobmill.api.routes_jobs import ERRORS
-from jobmill.api.schemas import JobEventView
+from jobmill.api.views import event_view
 from jobmill.auth import AuthError, Principal
 from jobmill.domain.job import JobEvent
 from jobmill.events.hub import EventHub, EventSubscription
@@ -33,21 +33,6 @@ router = APIRouter(tags=["events"])
 KEEPALIVE_S = 15.0
 REPLAY_BATCH = 500
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
-
-def event_view(event: JobEvent) -> JobEventView:
-    return JobEventView(
-        id=event.id,
-        job_id=event.job_id,
-        seq=event.seq,
-        at=event.at,
-        type=event.type,
-        status=event.status,
-        stage=event.stage,
-        progress=event.progress,
-        message=event.message,
-        data=event.data,
-    )
 
 
 def sse(event_id: int | None, event_type: str, data: Any) -> bytes:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from jobmill.api.schemas import AuditView, ErrorView, FileView, JobView, OutputView, QueueView
+from jobmill.api.schemas import AuditView, ErrorView, FileView, JobEventView, JobView, OutputView, QueueView
 from jobmill.auth import Principal
 from jobmill.domain.admin import AuditRecord
-from jobmill.domain.job import Job, JobStatus
+from jobmill.domain.job import Job, JobEvent, JobStatus
 from jobmill.storage.base import BlobStore
 from jobmill.store.base import QueueStats
 
@@ -99,4 +99,19 @@ def audit_view(record: AuditRecord) -> AuditView:
         job_id=record.job_id,
         before=record.before,
         after=record.after,
+    )
+
+
+def event_view(event: JobEvent) -> JobEventView:
+    return JobEventView(
+        id=event.id,
+        job_id=event.job_id,
+        seq=event.seq,
+        at=event.at,
+        type=event.type,
+        status=event.status,
+        stage=event.stage,
+        progress=event.progress,
+        message=event.message,
+        data=event.data,
     )
