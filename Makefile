@@ -30,6 +30,7 @@ pytest: setup services
 test: lint pytest
 
 bench: setup services
+	bench/peers/setup.sh
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -186,16 +186,34 @@ def cancel(backend: str, count: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99), "tries": count}
 
 
-def summarise(rounds: list[dict[str, float]]) -> dict[str, Any]:
-    keys = rounds[0].keys()
-    return {
-        k: {
-            "median": statistics.median(r[k] for r in rounds),
-            "min": min(r[k] for r in rounds),
-            "max": max(r[k] for r in rounds),
-        }
-        for k in keys
-    }
+PEERS = ("celery", "rq", "procrastinate", "dramatiq", "arq")
+PEER_PYTHON = REPO / "bench" / ".peers-venv" / "bin" / "python"
+
+
+def peer(system: str, scenario: str, *args: str) -> dict[str, Any]:
+    """One peer scenario, run by bench/peers/run_peer.py in the peers' own virtualenv."""
+    result = subprocess.run(
+        [str(PEER_PYTHON), str(REPO / "bench" / "peers" / "run_peer.py"), "--system", system,
+         "--scenario", scenario, *args],
+        capture_output=True, text=True, timeout=1800, cwd=REPO,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return {"error": (result.stderr or result.stdout).strip().splitlines()[-1:]}
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min-max of each numeric figure; other values (a peer's "cannot", an error) as they are."""
+    summary: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = [r.get(key) for r in rounds]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numbers and len(numbers) == len(values):
+            summary[key] = {"median": statistics.median(numbers), "min": min(numbers), "max": max(numbers)}
+        else:
+            summary[key] = values[0]
+    return summary
 
 
 def main() -> None:
@@ -204,9 +222,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; empty for none")
+    parser.add_argument("--jobs", type=int, default=20_000)
     args = parser.parse_args()
     backends = args.backends.split(",")
-    jobs, pickups, cancels, rounds = (300, 10, 3, 1) if args.quick else (20_000, 200, 30, args.rounds)
+    peers = [p for p in args.peers.split(",") if p] if PEER_PYTHON.exists() else []
+    jobs, pickups, cancels, rounds = (300, 10, 3, 1) if args.quick else (args.jobs, 200, 30, args.rounds)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -217,16 +238,35 @@ def main() -> None:
         "rounds": rounds,
         "scenarios": {},
     }
-    scenarios: dict[str, Callable[[str], dict[str, float]]] = {
-        f"drain {jobs} no-op jobs, 2 workers x 50": lambda b: drain(b, jobs, 2, 50),
-        f"pickup latency ({pickups} jobs, one at a time)": lambda b: pickup(b, pickups),
-        f"cancel -> process tree dead ({cancels} jobs)": lambda b: cancel(b, cancels),
+    peer_cancels = min(cancels, 5)  # a peer that never kills the tree waits 10 s per try
+    scenarios: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[str], dict[str, Any]]]] = {
+        f"drain {jobs} no-op jobs, total concurrency 4": (
+            lambda b: drain(b, jobs, 2, 2),
+            lambda p: peer(p, "drain", "--jobs", str(jobs), "--concurrency", "4"),
+        ),
+        f"pickup latency ({pickups} jobs, one at a time)": (
+            lambda b: pickup(b, pickups),
+            lambda p: peer(p, "pickup", "--count", str(pickups), "--concurrency", "4"),
+        ),
+        "cancel -> process tree dead (child with a grandchild)": (
+            lambda b: cancel(b, cancels),
+            lambda p: peer(p, "cancel", "--count", str(peer_cancels)),
+        ),
     }
-    for name, scenario in scenarios.items():
-        for backend in backends:
-            measured = [scenario(backend) for _ in range(rounds)]
-            results["scenarios"].setdefault(name, {})[backend] = summarise(measured)
-            print(f"{name} [{backend}]: {json.dumps(results['scenarios'][name][backend])}", flush=True)
+    for name, (ours, theirs) in scenarios.items():
+        systems = [(f"jobmill-{b}", lambda b=b, ours=ours: ours(b)) for b in backends]  # type: ignore[misc]
+        systems += [(p, lambda p=p, theirs=theirs: theirs(p)) for p in peers]  # type: ignore[misc]
+        for system, run in systems:
+            measured = [run() for _ in range(rounds)]
+            results["scenarios"].setdefault(name, {})[system] = summarise(measured)
+            print(f"{name} [{system}]: {json.dumps(results['scenarios'][name][system])}", flush=True)
+    name = f"drain {jobs} no-op jobs, jobmill 2 workers x 50 (its own setting)"
+    for backend in backends:
+        measured = [drain(backend, jobs, 2, 50) for _ in range(rounds)]
+        results["scenarios"].setdefault(name, {})[f"jobmill-{backend}"] = summarise(measured)
+        print(
+            f"{name} [{backend}]: {json.dumps(results['scenarios'][name][f'jobmill-{backend}'])}", flush=True
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -242,14 +282,17 @@ def markdown(results: dict[str, Any]) -> str:
         f"{machine['cores']} cores, {machine['memory_gib']} GiB, Python {machine['python']}; "
         f"median of {results['rounds']} rounds (min-max).",
         "",
-        "| scenario | backend | figure | median | min-max |",
+        "| scenario | system | figure | median | min-max |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, by_backend in results["scenarios"].items():
         for backend, figures in by_backend.items():
             for figure, stats in figures.items():
-                spread = f"{stats['min']:.2f}-{stats['max']:.2f}"
-                lines.append(f"| {name} | {backend} | {figure} | {stats['median']:.2f} | {spread} |")
+                if isinstance(stats, dict):
+                    spread = f"{stats['min']:.2f}-{stats['max']:.2f}"
+                    lines.append(f"| {name} | {backend} | {figure} | {stats['median']:.2f} | {spread} |")
+                else:
+                    lines.append(f"| {name} | {backend} | {figure} | {stats} | |")
     return "\n".join(lines) + "\n"
 
 
