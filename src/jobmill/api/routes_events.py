@@ -32,6 +32,9 @@ router = APIRouter(tags=["events"])
 
 KEEPALIVE_S = 15.0
 REPLAY_BATCH = 500
+# Event ids and sequence numbers are 64-bit in the store; a bigger `after` must be refused (422) up front,
+# not overflow the database driver once the stream has started.
+MAX_EVENT_ID = 2**63 - 1
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -73,7 +76,7 @@ async def job_event_stream(
     services: Services,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="same as Last-Event-ID, for EventSource URLs")
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="same as Last-Event-ID, for EventSource URLs")
     ] = None,
 ) -> StreamingResponse:
     await run_in_threadpool(services.jobs.get, job_id, principal.tenant)  # 404 before the stream starts
@@ -173,7 +176,7 @@ async def tenant_event_stream(
     job_id: UUID | None = None,
     queue: Annotated[str | None, Query(pattern=NAME_PATTERN.pattern)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> StreamingResponse:
     start = _parse_last_id(last_event_id, after)
     events = _tenant_events(services, _hub(request), principal, start, job_id, queue, request.is_disconnected)
@@ -196,7 +199,7 @@ async def tenant_websocket(
     token: str | None = None,
     job_id: UUID | None = None,
     queue: Annotated[str | None, Query(pattern=NAME_PATTERN.pattern)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> None:
     """The tenant's events as JSON messages. Authenticate with `?token=<key or JWT>`, or by sending
     `{"token": "..."}` as the first message (keeps the token out of URLs and logs)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -103,6 +104,21 @@ def _safe_filename(name: str | None) -> str | None:
     return cleaned or None
 
 
+def _non_finite_path(value: Any) -> list[str | int] | None:
+    """Where `value` holds a NaN or an infinity (which the JSON parser accepts, JSON does not and
+    PostgreSQL's jsonb refuses), or None. Iterative: params may be nested hundreds of levels deep."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, dict):
+            stack.extend((v, [*path, k]) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, [*path, i]) for i, v in enumerate(item))
+    return None
+
+
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(UPLOAD_CHUNK):
         yield chunk
@@ -176,6 +192,14 @@ async def submit_job(
     idempotency_header: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JobView:
     spec, files = await _parse_submission(request, services)
+    bad = _non_finite_path(spec.params)
+    if bad is not None:
+        raise ApiError(
+            422,
+            "invalid",
+            "params must hold finite numbers only (NaN and Infinity are not JSON)",
+            [{"loc": ["params", *bad[:32]], "msg": "not a finite number", "type": "finite_number"}],
+        )
     key = idempotency_header or spec.idempotency_key
     if idempotency_header and spec.idempotency_key and idempotency_header != spec.idempotency_key:
         raise ApiError(422, "invalid", "the Idempotency-Key header and the idempotency_key field differ")
@@ -249,7 +273,8 @@ async def list_jobs(
     status: Annotated[list[JobStatus] | None, Query(description="repeat or comma-separate")] = None,
     kind: Annotated[str | None, Query(pattern=NAME_PATTERN.pattern)] = None,
     queue: Annotated[str | None, Query(pattern=NAME_PATTERN.pattern)] = None,
-    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    # At most 18 digits: a cursor is a 64-bit row number, and a bigger one must be a 422, not a 500.
+    cursor: Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
 ) -> JobList:
     params = JobListParams(

@@ -37,7 +37,7 @@ async def list_queues(principal: Caller, services: Services) -> QueueList:
 async def audit_log(
     principal: Admin,
     services: Services,
-    cursor: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]+$")] = None,
+    cursor: Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]+$")] = None,  # a 64-bit id
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditList:
     records = await run_in_threadpool(

@@ -353,7 +353,8 @@ async def _job_page(
 
 FilterStatus = Annotated[str | None, Query(max_length=40)]
 FilterName = Annotated[str | None, Query(max_length=200)]
-Cursor = Annotated[str | None, Query(max_length=32, pattern=r"^[0-9]*$")]
+# Seq numbers are 64-bit: 18 digits always fit, so a longer cursor is refused (422), never an overflow.
+Cursor = Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]*$")]
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse)
