@@ -44,6 +44,7 @@ from jobmill.store.base import (
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
+    JobStatusManyParams,
     JobStore,
     Lease,
     QueueStats,
@@ -280,6 +281,9 @@ class JobService:
         return self.store.job_heartbeat(
             JobHeartbeatParams(leases, now, now + timedelta(seconds=self.lease_s))
         )
+
+    def statuses(self, job_ids: Sequence[UUID]) -> dict[UUID, JobStatus]:
+        return self.store.job_status_many(JobStatusManyParams(job_ids)) if job_ids else {}
 
     def set_progress(
         self, lease: Lease, stage: str | None, progress: float | None, message: str | None

@@ -513,3 +513,17 @@ def test_queue_stats(service: JobService, clock: FakeClock) -> None:
     clock.advance(3601)
     late = {q.queue: q for q in service.queue_stats("t")}
     assert (late["b"].completed_since, late["b"].failed_since) == (0, 0)
+
+
+def test_status_many_reads_current_statuses(service: JobService) -> None:
+    a, b, c = (submit(service) for _ in range(3))
+    service.claim("w", ["default"], 2)
+    service.cancel(a.id)  # type: ignore[attr-defined]
+    service.cancel(c.id)  # type: ignore[attr-defined]
+    statuses = service.statuses([a.id, b.id, c.id, uuid4()])  # type: ignore[attr-defined]
+    assert statuses == {
+        a.id: JobStatus.CANCELLING,  # type: ignore[attr-defined]
+        b.id: JobStatus.RUNNING,  # type: ignore[attr-defined]
+        c.id: JobStatus.CANCELLED,  # type: ignore[attr-defined]
+    }
+    assert service.statuses([]) == {}

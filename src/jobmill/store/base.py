@@ -72,6 +72,11 @@ class JobHeartbeatParams:
 
 
 @dataclass(frozen=True, slots=True)
+class JobStatusManyParams:
+    job_ids: Sequence[UUID]
+
+
+@dataclass(frozen=True, slots=True)
 class JobSetProgressParams:
     lease: Lease
     now: datetime
@@ -263,6 +268,10 @@ class JobStore(Protocol):
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
         """Extend the leases still held; returns their jobs' current statuses (a lost lease is absent)."""
+        ...
+
+    def job_status_many(self, params: JobStatusManyParams) -> dict[UUID, JobStatus]:
+        """Current statuses of these jobs (a read: how a worker notices cancels between heartbeats)."""
         ...
 
     def job_set_progress(self, params: JobSetProgressParams) -> bool: ...

@@ -56,6 +56,7 @@ from jobmill.store.base import (
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
+    JobStatusManyParams,
     Lease,
     Notification,
     QueueStats,
@@ -726,6 +727,12 @@ class PostgresJobStore:
                 "ids": [lease.job_id for lease in leases],
                 "tokens": [lease.token for lease in leases],
             },
+        )
+        return {r[0]: JobStatus(r[1]) for r in rows}
+
+    def job_status_many(self, params: JobStatusManyParams) -> dict[UUID, JobStatus]:
+        rows = self._all(
+            "SELECT id, status FROM jobmill_jobs WHERE id = ANY(%(ids)s)", {"ids": list(params.job_ids)}
         )
         return {r[0]: JobStatus(r[1]) for r in rows}
 

@@ -45,6 +45,7 @@ from jobmill.store.base import (
     JobReprioritizeParams,
     JobRequeueParams,
     JobSetProgressParams,
+    JobStatusManyParams,
     Lease,
     Notification,
     QueueStats,
@@ -476,6 +477,17 @@ class SqliteJobStore:
                 ).fetchall()
                 held.update((UUID(r["id"]), JobStatus(r["status"])) for r in rows)
         return held
+
+    def job_status_many(self, params: JobStatusManyParams) -> dict[UUID, JobStatus]:
+        found: dict[UUID, JobStatus] = {}
+        with self._read() as conn:
+            for start in range(0, len(params.job_ids), MAX_BATCH):
+                chunk = [str(i) for i in params.job_ids[start : start + MAX_BATCH]]
+                rows = conn.execute(
+                    f"SELECT id, status FROM jobmill_jobs WHERE id IN ({_placeholders(len(chunk))})", chunk
+                )
+                found.update((UUID(r["id"]), JobStatus(r["status"])) for r in rows)
+        return found
 
     def job_set_progress(self, params: JobSetProgressParams) -> bool:
         now = _ts(params.now)

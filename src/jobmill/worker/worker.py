@@ -497,24 +497,54 @@ class Worker:
         return min(self.config.lease_s / 3, self.config.poll_interval_s)
 
     async def _heartbeat_loop(self) -> None:
+        """Renew leases and learn of cancels. With a cheap change signal (SQLite), leases are renewed
+        every lease/3 and cancels are noticed by a read as soon as another process commits; otherwise
+        (PostgreSQL, where NOTIFY brings cancels) the heartbeat itself runs every poll interval."""
+        if self._change_counter is None:
+            while True:
+                await asyncio.sleep(self.heartbeat_interval_s)
+                await self._renew_leases()
+        renewed_at = time.monotonic()
+        seen: int | None = self._change_counter
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            await asyncio.sleep(CHANGE_POLL_S * 2)
             active = [r for r in self._running.values() if not r.finishing]
             if not active:
                 continue
+            if time.monotonic() - renewed_at >= self.config.lease_s / 3:
+                await self._renew_leases()
+                renewed_at = time.monotonic()
+                continue
             try:
-                held = await self._db(self.service.heartbeat, [r.lease for r in active])
+                counter = await self._db(self.service.store.change_counter)
+                if counter == seen:
+                    continue
+                seen = counter
+                statuses = await self._db(self.service.statuses, [r.job.id for r in active])
             except StoreError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("checking for cancels failed: %s", exc)
                 continue
             for running in active:
-                status = held.get(running.job.id)
-                if status is None:
-                    if not running.finishing and running.job.id in self._running:
-                        log.warning("lost the lease on job %s", running.job.id)
-                        self._stop_job(running, StopReason.LEASE_LOST)
-                elif status is JobStatus.CANCELLING:
+                if statuses.get(running.job.id) is JobStatus.CANCELLING:
                     self._stop_job(running, StopReason.CANCEL)
+
+    async def _renew_leases(self) -> None:
+        active = [r for r in self._running.values() if not r.finishing]
+        if not active:
+            return
+        try:
+            held = await self._db(self.service.heartbeat, [r.lease for r in active])
+        except StoreError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        for running in active:
+            status = held.get(running.job.id)
+            if status is None:
+                if not running.finishing and running.job.id in self._running:
+                    log.warning("lost the lease on job %s", running.job.id)
+                    self._stop_job(running, StopReason.LEASE_LOST)
+            elif status is JobStatus.CANCELLING:
+                self._stop_job(running, StopReason.CANCEL)
 
     async def _reaper_loop(self) -> None:
         interval = max(0.05, min(self.config.lease_s / 2, 5.0))
