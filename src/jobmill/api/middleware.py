@@ -71,6 +71,21 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
+class TruncatedMultipart(HTTPException):
+    """A multipart body that ended before its closing boundary: its last part may be cut short.
+
+    The multipart parser silently drops an unfinished part, so without this check a submission could be
+    accepted with a file missing or cut; it is refused before the body reaches the parser's end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(400, "the multipart body ends before its closing boundary (truncated upload)")
+
+
+MULTIPART_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
+TAIL_KEPT = 1024  # room for the closing delimiter plus a short epilogue
+
+
 class BodyLimitMiddleware:
     """Refuses bodies over the limit: at once by Content-Length, else as soon as the bytes arrive.
 
@@ -96,14 +111,22 @@ class BodyLimitMiddleware:
             return
         received = 0
         response_started = False
+        boundary = MULTIPART_BOUNDARY.search(headers.get(b"content-type", b""))
+        closing = b"--" + boundary.group(1) + b"--" if boundary else None
+        tail = b""
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     raise BodyTooLarge(limit)
+                if closing is not None:
+                    tail = (tail + chunk)[-TAIL_KEPT:]
+                    if not message.get("more_body", False) and closing not in tail:
+                        raise TruncatedMultipart()
             return message
 
         async def tracking_send(message: Message) -> None:
