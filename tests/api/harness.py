@@ -234,15 +234,24 @@ class Api:
         self.check(method, response)
         return response
 
-    def open_stream(self, path: str, token: str | None = None, wait_s: float = 0.05) -> httpx.Response:
+    def open_stream(
+        self,
+        path: str,
+        token: str | None = None,
+        wait_s: float = 0.05,
+        extra_headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         """GET a streaming endpoint (SSE) straight through ASGI: the status, headers and what the body
         said within `wait_s`, then the client disconnects. (httpx's ASGITransport waits for the end.)"""
-        return self.run(self._open_stream(path, token, wait_s))
+        return self.run(self._open_stream(path, token, wait_s, extra_headers or {}))
 
-    async def _open_stream(self, path: str, token: str | None, wait_s: float) -> httpx.Response:
+    async def _open_stream(
+        self, path: str, token: str | None, wait_s: float, extra_headers: dict[str, str]
+    ) -> httpx.Response:
         headers = [(b"host", b"test")]
         if token is not None:
             headers.append((b"authorization", f"Bearer {token}".encode()))
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers.items()]
         url = httpx.URL(f"http://test{path}")
         scope = {
             "type": "http",

@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 from urllib.parse import quote, urlsplit
 from uuid import UUID, uuid4
-
-import httpx
-from starlette.types import Message
 
 from jobmill.api.app import API_PREFIX
 from jobmill.store.base import JobListParams
@@ -165,7 +160,7 @@ def test_crafted_filters_cursors_and_headers_reach_no_other_tenant(db_api: Api) 
         for path, headers in _stream_cases(value, t2[0]):
             if any(ord(ch) > 0x7E or ord(ch) < 0x20 for h in headers.values() for ch in h):
                 continue  # not sendable as an HTTP header
-            response = _stream(api, path, api.other_admin, headers)
+            response = api.open_stream(path, api.other_admin, extra_headers=headers)
             assert response.status_code < 500, (path, headers, response.text[:300])
             _no_t1_data(response.text, t1)
     # Every table is still there and t1 still has all its jobs.
@@ -174,67 +169,3 @@ def test_crafted_filters_cursors_and_headers_reach_no_other_tenant(db_api: Api) 
     assert api.get(f"{API_PREFIX}/audit", token=api.admin).status_code == 200
     assert len(api.services.jobs.events(UUID(world["done"]), "t1")) >= 2
     assert api.get(JOBS, token=api.user).json()["jobs"]
-
-
-def _stream(api: Api, path: str, token: str, headers: dict[str, str]) -> httpx.Response:
-    """GET an SSE endpoint straight through ASGI with extra headers: the answer's status and whatever the
-    body said within a moment, then disconnect (httpx's ASGITransport would wait for an endless stream)."""
-    if not headers:
-        return api.open_stream(path, token)
-    return api.run(_open(api, path, token, headers))
-
-
-async def _open(api: Api, path: str, token: str, extra: dict[str, str]) -> httpx.Response:
-    url = httpx.URL(f"http://test{path}")
-    raw_headers = [(b"host", b"test"), (b"authorization", f"Bearer {token}".encode())]
-    raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": url.path,
-        "raw_path": url.raw_path.split(b"?")[0],
-        "query_string": url.query,
-        "root_path": "",
-        "headers": raw_headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("test", 80),
-    }
-    started: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    disconnect = asyncio.Event()
-    body = bytearray()
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start" and not started.done():
-            started.set_result(dict(message))
-        elif message["type"] == "http.response.body":
-            body.extend(message.get("body", b""))
-
-    task = asyncio.create_task(api.app(scope, receive, send))
-    try:
-        start = await asyncio.wait_for(asyncio.shield(started), 5)
-        await asyncio.sleep(0.05)
-    finally:
-        disconnect.set()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await task
-    response = httpx.Response(
-        start["status"],
-        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])],
-        content=bytes(body),
-        request=httpx.Request("GET", url),
-    )
-    api.check("GET", response)
-    return response
