@@ -13,7 +13,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from jobmill.domain.admin import AuditEntry, AuditRecord
@@ -423,26 +422,3 @@ class JobService:
             if changed is not None:
                 return changed
         raise InvalidTransition(job_id, "retry", self.get(job_id, tenant).status)
-
-
-def job_summary(job: Job, position: int | None = None) -> dict[str, Any]:
-    """A JSON-ready view of a job for the CLI and logs."""
-    view: dict[str, Any] = {
-        "id": str(job.id),
-        "kind": job.kind,
-        "queue": job.queue,
-        "priority": job.priority,
-        "status": job.status.value,
-        "stage": job.stage,
-        "progress": job.progress,
-        "message": job.message,
-        "queue_position": position,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "result": job.result,
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-    return view
