@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -265,7 +266,7 @@ class Worker:
         self.stats.claimed += 1
         if job.started_at is not None:
             runnable_since = max(job.created_at, job.run_after)
-            PICKUP_LATENCY.labels(job.queue).observe(
+            _labelled(PICKUP_LATENCY, job.queue).observe(
                 max(0.0, (job.started_at - runnable_since).total_seconds())
             )
         workdir = Path(self.config.workdir_root) / str(job.id)
@@ -324,8 +325,8 @@ class Worker:
                 self._release_slot(job.id)
             await self._record(running, outcome)
             outcome_name = outcome[1].value if outcome[0] == "stopped" else outcome[0]
-            JOBS_FINISHED.labels(job.queue, outcome_name).inc()
-            RUN_TIME.labels(job.queue, job.kind).observe(time.monotonic() - started)
+            _labelled(JOBS_FINISHED, job.queue, outcome_name).inc()
+            _labelled(RUN_TIME, job.queue, job.kind).observe(time.monotonic() - started)
             log.debug(
                 "job %s (%s) ended: %s after %.3fs",
                 job.id,
@@ -557,6 +558,13 @@ class Worker:
             except StoreError as exc:
                 log.warning("lease reaper failed: %s", exc)
             await asyncio.sleep(interval)
+
+
+@functools.cache
+def _labelled(metric: Any, *labels: str) -> Any:
+    """A metric's child for these labels, resolved once: labels() costs a lock and a dict build per call,
+    and the worker would pay it three times per job."""
+    return metric.labels(*labels)
 
 
 def describe_error(exc: BaseException | None) -> JsonObject:
