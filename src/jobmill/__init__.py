@@ -4,28 +4,8 @@ Write handlers as plain functions, run them with `jobmill worker`, submit and fo
 service. The names below are the public Python API; everything else may change between versions.
 """
 
-from jobmill.client import (
-    ApiError,
-    AsyncClient,
-    BadRequest,
-    Client,
-    ClientError,
-    ConfirmationRequired,
-    Conflict,
-    ConnectionFailed,
-    Forbidden,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    RequestTimeout,
-    ServerError,
-    ServiceUnavailable,
-    Unauthorized,
-    UnexpectedResponse,
-    Unprocessable,
-    UnsupportedMediaType,
-    WaitTimeout,
-)
+import typing as _typing
+
 from jobmill.domain.job import Job, JobEvent, JobStatus
 from jobmill.errors import (
     ConfigError,
@@ -44,6 +24,70 @@ from jobmill.store import JobStore, open_store
 from jobmill.worker.context import JobCancelled, JobContext, SyncJobContext
 from jobmill.worker.supervisor import ProcessFailed, RunResult
 from jobmill.worker.worker import Worker, WorkerConfig
+
+# The HTTP client (httpx and friends) is imported on first use: a worker process never needs it, and
+# it is a third of the package's import time.
+_CLIENT_NAMES = frozenset(
+    {
+        "ApiError",
+        "AsyncClient",
+        "BadRequest",
+        "Client",
+        "ClientError",
+        "ConfirmationRequired",
+        "Conflict",
+        "ConnectionFailed",
+        "Forbidden",
+        "NotFound",
+        "PayloadTooLarge",
+        "RateLimited",
+        "RequestTimeout",
+        "ServerError",
+        "ServiceUnavailable",
+        "Unauthorized",
+        "UnexpectedResponse",
+        "Unprocessable",
+        "UnsupportedMediaType",
+        "WaitTimeout",
+    }
+)
+
+if _typing.TYPE_CHECKING:
+    from jobmill.client import (
+        ApiError,
+        AsyncClient,
+        BadRequest,
+        Client,
+        ClientError,
+        ConfirmationRequired,
+        Conflict,
+        ConnectionFailed,
+        Forbidden,
+        NotFound,
+        PayloadTooLarge,
+        RateLimited,
+        RequestTimeout,
+        ServerError,
+        ServiceUnavailable,
+        Unauthorized,
+        UnexpectedResponse,
+        Unprocessable,
+        UnsupportedMediaType,
+        WaitTimeout,
+    )
+
+
+def __getattr__(name: str) -> object:
+    if name in _CLIENT_NAMES:
+        import jobmill.client
+
+        return getattr(jobmill.client, name)
+    raise AttributeError(f"module 'jobmill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_CLIENT_NAMES})
+
 
 __all__ = [
     "ApiError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from jobmill.errors import UnknownKind, ValidationError
@@ -37,10 +37,11 @@ class HandlerSpec:
     max_attempts: int = 1
     isolation: Isolation = "thread"  # for sync handlers: a thread, or a child process that can be killed
     cacheable: bool = False
+    # Decided once: the worker asks for every job, and inspect's check is a few microseconds each time.
+    is_async: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
 
 def _identity(fn: Callable[..., Any]) -> tuple[str, str]:

@@ -57,7 +57,7 @@ class JobContext:
         kind: str,
         params: dict[str, Any],
         attempt: int,
-        workdir: Path,
+        workdir: Path | str,
         sink: ProgressSink,
         cancel_grace_s: float = 5.0,
         inputs: Mapping[str, Any] | None = None,
@@ -65,7 +65,7 @@ class JobContext:
         blobs: BlobStore | None = None,
     ) -> None:
         self.job_id = job_id
-        self._workdir = workdir
+        self._workdir_raw = workdir  # made a Path on first use: most jobs never touch their workdir
         self.workdir_created = False
         self.tenant = tenant
         self.outputs: dict[str, dict[str, Any]] = {}
@@ -81,15 +81,19 @@ class JobContext:
         self._stage: str | None = None
         self._progress: float | None = None
         self._message: str | None = None
-        self._cancelled = threading.Event()
+        # A threading.Event costs a Condition and a lock: only sync handlers (the event wakes their
+        # supervised commands) need one, so async jobs carry a flag and the event is made on demand.
+        self._cancelled = False
+        self._cancel_event: threading.Event | None = None
 
     @property
     def workdir(self) -> Path:
         """The job's own temporary folder, created on first use and removed when the attempt ends."""
+        path = Path(self._workdir_raw)
         if not self.workdir_created:
-            self._workdir.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
             self.workdir_created = True
-        return self._workdir
+        return path
 
     # -- reporting ------------------------------------------------------------------------------------
 
@@ -166,10 +170,21 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled or timed out; long loops in handlers may check it."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def mark_cancelled(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+
+    def cancel_event(self) -> threading.Event:
+        """An event set when the job is cancelled, for code that blocks in a thread. Call it on the event
+        loop's thread (as SyncJobContext does when it is made), which is where mark_cancelled runs."""
+        if self._cancel_event is None:
+            self._cancel_event = threading.Event()
+            if self._cancelled:
+                self._cancel_event.set()
+        return self._cancel_event
 
     # -- child processes ------------------------------------------------------------------------------
 
@@ -225,6 +240,7 @@ class SyncJobContext:
     def __init__(self, ctx: JobContext, loop: asyncio.AbstractEventLoop) -> None:
         self._ctx = ctx
         self._loop = loop
+        self._cancel_event = ctx.cancel_event()
         self.job_id = ctx.job_id
         self.kind = ctx.kind
         self.params = ctx.params
@@ -283,7 +299,7 @@ class SyncJobContext:
                 check=check,
                 stdin_data=stdin_data,
                 registry=self._ctx.processes,
-                cancel_event=self._ctx._cancelled,
+                cancel_event=self._cancel_event,
             )
         except ProcessCancelled as exc:
             raise JobCancelled(f"job {self.job_id} was cancelled") from exc

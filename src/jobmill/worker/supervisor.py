@@ -176,6 +176,15 @@ class ProcessRegistry:
         remaining = await _await_groups_gone(alive, GROUP_GONE_TIMEOUT_S, kill=True)
         _log_survivors(remaining)
 
+    def terminate_now(self) -> None:
+        """SIGTERM every group without waiting: the first step of a cancel, safe from any thread.
+
+        A registered group's leader is the worker's own child and stays unreaped (so its pgid cannot be
+        reused) until the supervising call has seen the group end and unregistered it.
+        """
+        for pgid in self.pgids():
+            _signal_group(pgid, signal.SIGTERM)
+
     def kill_all_now(self) -> None:
         """SIGKILL every group without waiting; safe in signal handlers and atexit hooks."""
         for pgid in self.pgids():

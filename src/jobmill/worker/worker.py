@@ -70,7 +70,7 @@ class RunningJob:
     job: Job
     lease: Lease
     ctx: JobContext
-    task: asyncio.Task[Any] | None = None
+    task: asyncio.Task[Any] | None = None  # set while the handler runs (and may be interrupted)
     stop_reason: StopReason | None = None
     finishing: bool = False  # the handler returned; its record is being written
 
@@ -128,6 +128,7 @@ class Worker:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._started = False
         self._change_counter: int | None = None
+        self._workdir_root = os.fspath(self.config.workdir_root)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -137,6 +138,13 @@ class Worker:
 
     def _on_notification(self, note: Notification) -> None:
         """Called from the store's listener thread (or inline on commit in this process)."""
+        if note.topic == "cancel" and note.job_id is not None:
+            running = self._running.get(note.job_id)  # a dict read: atomic under the GIL
+            if running is not None and not running.finishing:
+                # The commands go down now, from this thread: waiting for the event loop to schedule the
+                # cancel first would add its wake-up latency to every cancel. The loop still runs the
+                # full stop (grace period, SIGKILL, recording) below.
+                running.ctx.processes.terminate_now()
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -269,22 +277,23 @@ class Worker:
             _labelled(PICKUP_LATENCY, job.queue).observe(
                 max(0.0, (job.started_at - runnable_since).total_seconds())
             )
-        workdir = Path(self.config.workdir_root) / str(job.id)
+        lease = Lease(job.id, job.lease_token)
         ctx = JobContext(
             job_id=job.id,
             kind=job.kind,
             params=job.params,
             attempt=job.attempts,
-            workdir=workdir,
-            sink=_StoreSink(self, Lease(job.id, job.lease_token)),
+            workdir=os.path.join(self._workdir_root, str(job.id)),
+            sink=_StoreSink(self, lease),
             cancel_grace_s=self.config.cancel_grace_s,
             inputs=job.inputs,
             tenant=job.tenant,
             blobs=self.blobs,
         )
-        running = RunningJob(job, Lease(job.id, job.lease_token), ctx)
+        running = RunningJob(job, lease, ctx)
         self._running[job.id] = running
-        task = asyncio.create_task(self._execute(running), name=f"jobmill-job-{job.id}")
+        # One task per job: the handler runs inside it (see _invoke), so a no-op job costs one task.
+        task = asyncio.create_task(self._execute(running))
         job_tasks.add(task)
         task.add_done_callback(job_tasks.discard)
 
@@ -344,36 +353,53 @@ class Worker:
             self._wake.set()
 
     async def _invoke(self, running: RunningJob) -> tuple[str, Any]:
-        """Run the handler; returns ("ok", result) or ("error", (info, retryable)) or ("stopped", reason)."""
+        """Run the handler; returns ("ok", result) or ("error", (info, retryable)) or ("stopped", reason).
+
+        The handler runs in this very task (no task of its own: that would double the scheduling cost of a
+        short job). While it runs, `running.task` is this task, and _stop_job cancels it; the
+        cancellation is absorbed here, once the stop reason says it was ours.
+        """
         job = running.job
         try:
             spec = self.registry.get(job.kind)
         except JobmillError as exc:
             return "error", (error_info(exc, error_type="unknown_kind"), False)
-        handler_task = asyncio.create_task(self._call_handler(spec, running))
-        running.task = handler_task
-        if running.stop_reason is not None:  # cancelled while we were setting up
-            handler_task.cancel()
+        early = running.stop_reason  # (a local: a check of the attribute would narrow it for mypy)
+        if early is not None:  # cancelled while we were setting up
+            return "stopped", early
+        task = asyncio.current_task()
+        assert task is not None
+        running.task = task
+        deadline: asyncio.Timeout | None = None
         try:
-            if job.timeout_s is not None:
-                async with asyncio.timeout(job.timeout_s):
-                    result = await asyncio.shield(handler_task)
+            if job.timeout_s is None:
+                result = await self._call_handler(spec, running)
             else:
-                result = await handler_task
-        except TimeoutError:
-            if handler_task.done():  # the handler itself raised TimeoutError
-                return "error", (describe_error(handler_task.exception()), True)
-            self._stop_job(running, StopReason.TIMEOUT)
-            await asyncio.gather(handler_task, return_exceptions=True)
-            return "stopped", StopReason.TIMEOUT
+                async with asyncio.timeout(job.timeout_s) as deadline:
+                    result = await self._call_handler(spec, running)
+        except TimeoutError as exc:
+            running.task = None
+            if deadline is None or not deadline.expired():  # the handler itself raised TimeoutError
+                return "error", (describe_error(exc), True)
+            running.stop_reason = running.stop_reason or StopReason.TIMEOUT
+            running.ctx.mark_cancelled()
+            return "stopped", running.stop_reason
         except (asyncio.CancelledError, JobCancelled):
+            running.task = None
             if running.stop_reason is None:
-                raise
+                raise  # not ours: the worker itself is being torn down
+            task.uncancel()  # our cancel is handled; later awaits of this task must not see it again
             return "stopped", running.stop_reason
         except Exception as exc:
+            running.task = None
             if running.stop_reason is not None:
                 return "stopped", running.stop_reason
             return "error", (describe_error(exc), True)
+        running.task = None
+        if running.stop_reason is not None:
+            # Stopped just as the handler returned: the cancel request is still pending on this task.
+            task.uncancel()
+            return "stopped", running.stop_reason
         running.finishing = True
         return "ok", result
 
