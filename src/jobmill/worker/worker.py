@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -37,7 +36,7 @@ from uuid import UUID
 from jobmill.domain.job import Job, JobStatus, JsonObject
 from jobmill.errors import JobmillError, StoreError
 from jobmill.handlers import HandlerRegistry, HandlerSpec
-from jobmill.metrics import JOBS_FINISHED, PICKUP_LATENCY, RUN_TIME
+from jobmill.metrics import WORKER_METRICS, WorkerTallies
 from jobmill.service import JobService, error_info
 from jobmill.storage.base import BlobStore
 from jobmill.store.base import Completion, Lease, Notification, Subscription
@@ -129,6 +128,8 @@ class Worker:
         self._started = False
         self._change_counter: int | None = None
         self._workdir_root = os.fspath(self.config.workdir_root)
+        self._tallies = WorkerTallies()
+        WORKER_METRICS.track(self._tallies)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             await self._flush_completions()
             subscription.close()
+            WORKER_METRICS.retire(self._tallies)
             self._db_pool.shutdown(wait=True)
             self._handler_pool.shutdown(wait=False, cancel_futures=True)
         return self.stats
@@ -274,9 +276,7 @@ class Worker:
         self.stats.claimed += 1
         if job.started_at is not None:
             runnable_since = max(job.created_at, job.run_after)
-            _labelled(PICKUP_LATENCY, job.queue).observe(
-                max(0.0, (job.started_at - runnable_since).total_seconds())
-            )
+            self._tallies.picked_up(job.queue, max(0.0, (job.started_at - runnable_since).total_seconds()))
         lease = Lease(job.id, job.lease_token)
         ctx = JobContext(
             job_id=job.id,
@@ -334,8 +334,7 @@ class Worker:
                 self._release_slot(job.id)
             await self._record(running, outcome)
             outcome_name = outcome[1].value if outcome[0] == "stopped" else outcome[0]
-            _labelled(JOBS_FINISHED, job.queue, outcome_name).inc()
-            _labelled(RUN_TIME, job.queue, job.kind).observe(time.monotonic() - started)
+            self._tallies.job_finished(job.queue, job.kind, outcome_name, time.monotonic() - started)
             log.debug(
                 "job %s (%s) ended: %s after %.3fs",
                 job.id,
@@ -584,13 +583,6 @@ class Worker:
             except StoreError as exc:
                 log.warning("lease reaper failed: %s", exc)
             await asyncio.sleep(interval)
-
-
-@functools.cache
-def _labelled(metric: Any, *labels: str) -> Any:
-    """A metric's child for these labels, resolved once: labels() costs a lock and a dict build per call,
-    and the worker would pay it three times per job."""
-    return metric.labels(*labels)
 
 
 def describe_error(exc: BaseException | None) -> JsonObject:
