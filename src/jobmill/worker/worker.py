@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -123,7 +124,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
-        self._completions: list[tuple[Completion, asyncio.Future[bool]]] = []
+        self._completions: list[tuple[Completion, RunningJob, float]] = []
+        self._followups: set[asyncio.Task[None]] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._started = False
         self._change_counter: int | None = None
@@ -213,6 +215,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._flush_completions()
+            while self._followups:
+                await asyncio.gather(*list(self._followups), return_exceptions=True)
             subscription.close()
             WORKER_METRICS.retire(self._tallies)
             self._db_pool.shutdown(wait=True)
@@ -332,16 +336,18 @@ class Worker:
                 # The handler is done: its slot is free now, so the next claim overlaps the write of
                 # this outcome instead of waiting for it (claims and completions pipeline).
                 self._release_slot(job.id)
+            run_s = time.monotonic() - started
+            if outcome[0] == "ok":
+                bad = _not_json(outcome[1])
+                if bad is None:
+                    # The job's task ends here; the batch write settles it (see _flush_completions).
+                    self._queue_completion(running, outcome[1], run_s)
+                    return
+                outcome = "error", (error_info(bad, error_type="bad_result"), False)
             await self._record(running, outcome)
             outcome_name = outcome[1].value if outcome[0] == "stopped" else outcome[0]
-            self._tallies.job_finished(job.queue, job.kind, outcome_name, time.monotonic() - started)
-            log.debug(
-                "job %s (%s) ended: %s after %.3fs",
-                job.id,
-                job.kind,
-                outcome_name,
-                time.monotonic() - started,
-            )
+            self._tallies.job_finished(job.queue, job.kind, outcome_name, run_s)
+            log.debug("job %s (%s) ended: %s after %.3fs", job.id, job.kind, outcome_name, run_s)
         except Exception:
             log.exception("worker failed while running job %s; its lease will expire", job.id)
         finally:
@@ -421,33 +427,17 @@ class Worker:
             raise
 
     async def _record(self, running: RunningJob, outcome: tuple[str, Any]) -> None:
-        completed = False
+        """Write an outcome other than success. The attempt did not complete, so nothing refers to the
+        outputs it published: they are deleted."""
         try:
-            completed = await self._record_outcome(running, outcome)
+            await self._record_outcome(running, outcome)
         finally:
-            if running.ctx.outputs and not completed:
+            if running.ctx.outputs:
                 await running.ctx.discard_outputs()
 
-    async def _record_outcome(self, running: RunningJob, outcome: tuple[str, Any]) -> bool:
-        """Write the outcome; True only when the job was completed (and so owns its outputs)."""
+    async def _record_outcome(self, running: RunningJob, outcome: tuple[str, Any]) -> None:
         job, lease = running.job, running.lease
         kind, value = outcome
-        if kind == "ok":
-            try:
-                outputs = dict(running.ctx.outputs) or None
-                if await self._complete(Completion(lease, value, outputs)):
-                    self.stats.completed += 1
-                    return True
-            except (TypeError, ValueError) as exc:  # a result that is not JSON
-                kind, value = "error", (error_info(exc, error_type="bad_result"), False)
-            else:
-                # Not completed: the job went cancelling meanwhile, or our lease is gone.
-                confirmed = await self._db(self.service.confirm_cancel, lease)
-                if confirmed is not None:
-                    self.stats.cancelled += 1
-                else:
-                    self.stats.lost += 1
-                return False
         if kind == "error":
             info, retryable = value
             updated = await self._db(self.service.fail, job, lease, info, retryable=retryable)
@@ -461,7 +451,7 @@ class Worker:
                 self.stats.retried += 1
             else:
                 self.stats.failed += 1
-            return False
+            return
         reason: StopReason = value
         if reason is StopReason.CANCEL:
             if await self._db(self.service.confirm_cancel, lease) is not None:
@@ -479,21 +469,27 @@ class Worker:
                 self.stats.cancelled += 1
         else:
             self.stats.lost += 1
-        return False
 
     # -- buffered completions -------------------------------------------------------------------------
 
-    async def _complete(self, completion: Completion) -> bool:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._completions.append((completion, future))
+    def _queue_completion(self, running: RunningJob, result: Any, run_s: float) -> None:
+        """Add a finished job to the next batch write: one statement for up to COMPLETION_BATCH jobs,
+        written when the batch is full or COMPLETION_FLUSH_S after its first job, whichever comes first."""
+        completion = Completion(running.lease, result, dict(running.ctx.outputs) or None)
+        self._completions.append((completion, running, run_s))
         if len(self._completions) >= COMPLETION_BATCH:
-            await self._flush_completions()
+            self._spawn(self._flush_completions())
         elif self._flush_handle is None:
+            loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(
-                COMPLETION_FLUSH_S, lambda: asyncio.ensure_future(self._flush_completions())
+                COMPLETION_FLUSH_S, lambda: self._spawn(self._flush_completions())
             )
-        return await future
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping beside the jobs; shutdown waits for it (see run)."""
+        task = asyncio.create_task(work)
+        self._followups.add(task)
+        task.add_done_callback(self._followups.discard)
 
     async def _flush_completions(self) -> None:
         if self._flush_handle is not None:
@@ -503,16 +499,37 @@ class Worker:
         if not batch:
             return
         try:
-            done = set(await self._db(self.service.complete_many, [c for c, _ in batch]))
+            done = set(await self._db(self.service.complete_many, [c for c, _, _ in batch]))
         except Exception as exc:
-            # Each waiting job sees the error; the jobs stay running and their leases expire if need be.
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for completion, future in batch:
-            if not future.done():
-                future.set_result(completion.lease.job_id in done)
+            # The jobs stay running under leases nobody renews: they expire, and the jobs run again.
+            log.warning("writing %d completions failed; their leases will expire: %s", len(batch), exc)
+            done = set()
+        for completion, running, run_s in batch:
+            job = running.job
+            if completion.lease.job_id in done:
+                self.stats.completed += 1
+                self._tallies.job_finished(job.queue, job.kind, "ok", run_s)
+            else:
+                self._spawn(self._settle_not_completed(running, run_s))
+
+    async def _settle_not_completed(self, running: RunningJob, run_s: float) -> None:
+        """The handler returned, but the completion was refused: the job went cancelling meanwhile (the
+        cancel is confirmed now), or the lease is gone (someone else owns the job). Either way this
+        attempt's outputs belong to nobody."""
+        job = running.job
+        outcome = "lease_lost"
+        try:
+            if await self._db(self.service.confirm_cancel, running.lease) is not None:
+                self.stats.cancelled += 1
+                outcome = StopReason.CANCEL.value
+            else:
+                self.stats.lost += 1
+        except StoreError as exc:
+            log.warning("confirming the cancel of job %s failed; its lease will expire: %s", job.id, exc)
+        finally:
+            if running.ctx.outputs:
+                await running.ctx.discard_outputs()
+        self._tallies.job_finished(job.queue, job.kind, outcome, run_s)
 
     # -- leases ---------------------------------------------------------------------------------------
 
@@ -583,6 +600,19 @@ class Worker:
             except StoreError as exc:
                 log.warning("lease reaper failed: %s", exc)
             await asyncio.sleep(interval)
+
+
+def _not_json(value: Any) -> Exception | None:
+    """Why `value` cannot be a job's result (None if it can): checked per job, before the batch write,
+    so that one bad result fails its own job and not the whole batch. NaN and infinities are refused
+    too: JSON has no such numbers and PostgreSQL's jsonb would reject the statement."""
+    if value is None or isinstance(value, (str, int, bool)):
+        return None
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return exc
+    return None
 
 
 def describe_error(exc: BaseException | None) -> JsonObject:

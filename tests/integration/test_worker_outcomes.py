@@ -1,0 +1,47 @@
+"""How an in-process worker records what its handlers returned, batch by batch."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobmill.domain.job import JobStatus
+from jobmill.handlers import HandlerRegistry, HandlerSpec
+from jobmill.service import JobService, SubmitRequest
+from jobmill.store import open_store
+from jobmill.worker.context import JobContext
+from jobmill.worker.worker import Worker, WorkerConfig
+
+
+async def returns_params_value(ctx: JobContext) -> Any:
+    value = ctx.params["value"]
+    return {"not json": {1, 2}} if value == "set" else (math.nan if value == "nan" else value)
+
+
+@pytest.mark.parametrize("bad", ["set", "nan"])
+def test_a_result_that_is_not_json_fails_its_own_job_only(tmp_path: Path, bad: str) -> None:
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("t.echo", returns_params_value, queue="q"))
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    service = JobService(store, registry=registry)
+    good = [service.submit(SubmitRequest(kind="t.echo", params={"value": i})).job for i in range(20)]
+    broken = service.submit(SubmitRequest(kind="t.echo", params={"value": bad})).job
+    # One worker, every job in one claim and so in one completion batch.
+    worker = Worker(
+        service,
+        registry,
+        WorkerConfig(queues=["q"], concurrency=50, burst=True, workdir_root=tmp_path / "work"),
+    )
+    stats = asyncio.run(worker.run())
+    assert stats.completed == 20 and stats.failed == 1
+    for job in good:
+        done = service.get(job.id)
+        assert done.status is JobStatus.COMPLETED and done.result == job.params["value"]
+    failed = service.get(broken.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None and failed.error["type"] == "bad_result"
+    store.close()
