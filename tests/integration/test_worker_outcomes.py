@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from jobmill.domain.job import JobStatus
+from jobmill.errors import StoreUnavailable
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import JobService, SubmitRequest
 from jobmill.store import open_store
@@ -44,4 +45,35 @@ def test_a_result_that_is_not_json_fails_its_own_job_only(tmp_path: Path, bad: s
     failed = service.get(broken.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error is not None and failed.error["type"] == "bad_result"
+    store.close()
+
+
+async def returns_one(ctx: JobContext) -> int:
+    return 1
+
+
+def test_a_batch_write_is_retried_while_the_database_is_briefly_away(tmp_path: Path) -> None:
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("t.one", returns_one, queue="q"))
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    service = JobService(store, registry=registry)
+    jobs = [service.submit(SubmitRequest(kind="t.one")).job for _ in range(5)]
+    real = service.complete_many
+    failures = iter([StoreUnavailable("the database restarts"), StoreUnavailable("still restarting")])
+
+    def flaky(completions: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real(completions)
+
+    service.complete_many = flaky  # type: ignore[method-assign]
+    worker = Worker(
+        service,
+        registry,
+        WorkerConfig(queues=["q"], concurrency=10, burst=True, workdir_root=tmp_path / "work"),
+    )
+    stats = asyncio.run(worker.run())
+    assert stats.completed == 5
+    assert all(service.get(job.id).status is JobStatus.COMPLETED for job in jobs)
     store.close()

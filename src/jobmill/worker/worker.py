@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from jobmill.domain.job import Job, JobStatus, JsonObject
-from jobmill.errors import JobmillError, StoreError
+from jobmill.errors import JobmillError, StoreError, StoreUnavailable
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.metrics import WORKER_METRICS, WorkerTallies
 from jobmill.service import JobService, error_info
@@ -52,6 +52,8 @@ T = TypeVar("T")
 # Completions wait this long for company before they are written in one statement.
 COMPLETION_FLUSH_S = 0.002
 COMPLETION_BATCH = 200
+# How long a batch write waits before each retry while the database is unavailable.
+FLUSH_RETRY_S = (0.05, 0.25, 1.0)
 # A busy worker waits this long for more free slots before claiming, to claim several jobs at once.
 CLAIM_COALESCE_S = 0.002
 # An idle SQLite worker checks this often whether another process committed (new work, a cancel).
@@ -234,8 +236,12 @@ class Worker:
                 await asyncio.sleep(CLAIM_COALESCE_S)
                 free = self.config.concurrency - len(self._running)
             claimed: list[Job] = []
+            # Cleared on every round, even with no free slot: a wake-up that came while all slots were
+            # busy (a new_job notification, a recovered lease) would otherwise stay set, and waiting on
+            # a set event returns without yielding: the loop would spin and starve every job and timer.
+            # A slot that frees sets it again, so nothing is missed.
+            self._wake.clear()
             if free > 0:
-                self._wake.clear()
                 try:
                     claimed = await self._db(
                         self.service.claim,
@@ -498,12 +504,7 @@ class Worker:
         batch, self._completions = self._completions, []
         if not batch:
             return
-        try:
-            done = set(await self._db(self.service.complete_many, [c for c, _, _ in batch]))
-        except Exception as exc:
-            # The jobs stay running under leases nobody renews: they expire, and the jobs run again.
-            log.warning("writing %d completions failed; their leases will expire: %s", len(batch), exc)
-            done = set()
+        done = await self._write_completions([c for c, _, _ in batch])
         for completion, running, run_s in batch:
             job = running.job
             if completion.lease.job_id in done:
@@ -511,6 +512,24 @@ class Worker:
                 self._tallies.job_finished(job.queue, job.kind, "ok", run_s)
             else:
                 self._spawn(self._settle_not_completed(running, run_s))
+
+    async def _write_completions(self, completions: list[Completion]) -> set[UUID]:
+        """The batch write, retried while the database is briefly away (a restart, a dropped connection):
+        safe, because each row is written only under its current lease. If it still fails, the jobs stay
+        running under leases nobody renews; they expire and the jobs run again."""
+        for delay in (*FLUSH_RETRY_S, None):
+            try:
+                return set(await self._db(self.service.complete_many, completions))
+            except StoreUnavailable as exc:
+                if delay is None:
+                    log.warning("writing %d completions failed: %s", len(completions), exc)
+                    return set()
+                log.info("writing %d completions: %s; retrying in %ss", len(completions), exc, delay)
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                log.warning("writing %d completions failed: %s", len(completions), exc)
+                return set()
+        return set()
 
     async def _settle_not_completed(self, running: RunningJob, run_s: float) -> None:
         """The handler returned, but the completion was refused: the job went cancelling meanwhile (the
