@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export JOBMILL_TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: setup run worker test lint unit pytest bench services clean
+.PHONY: setup run worker test lint unit pytest bench chaos services clean
 
 $(STAMP): pyproject.toml
 	@scripts/bootstrap.sh $(VENV)
@@ -20,8 +20,8 @@ run: setup
 	@scripts/run_demo.sh
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench chaos
+	$(VENV)/bin/ruff format --check src tests bench chaos
 	$(VENV)/bin/mypy
 
 pytest: setup services
@@ -32,6 +32,9 @@ test: lint pytest
 bench: setup services
 	bench/peers/setup.sh
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+chaos: setup services
+	$(PY) -m chaos.run $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support.processes import REPO
@@ -82,3 +84,52 @@ def test_worker_burst_runs_the_demo_handlers(tmp_path: Path) -> None:
     result = jobmill("worker", "--app", "jobmill.demo.handlers", "--burst", env=env)
     assert result.returncode == 0, result.stderr
     assert "worker stopped: 2 completed, 0 failed" in result.stdout
+
+
+def test_worker_waits_for_an_unreachable_database_then_fails_in_one_line() -> None:
+    """Regression (chaos): a worker started while PostgreSQL restarted exited at once; now it retries."""
+    started = time.monotonic()
+    result = jobmill(
+        "worker",
+        "--app",
+        "jobmill.demo.handlers",
+        "--db-wait",
+        "1",
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1",
+    )
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started >= 1.0
+    assert "database unavailable, retrying" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("jobmill: cannot connect to PostgreSQL")
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_stopped_while_waiting_for_the_database_exits_0() -> None:
+    """Regression (chaos): SIGTERM to a worker still starting up killed it (exit -15, default action)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jobmill.cli.main", "worker", "--app", "jobmill.demo.handlers",
+            "--db-wait", "60", "--database-url", "postgresql://postgres@127.0.0.1:1/none?connect_timeout=1",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the first "database unavailable, retrying" warning
+        assert "database unavailable, retrying" in line, line
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -10,6 +10,8 @@ import importlib
 import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +20,7 @@ import typer
 from jobmill.access import AccessService
 from jobmill.cli.client_commands import register as register_client_commands
 from jobmill.config import Settings
-from jobmill.errors import JobmillError
+from jobmill.errors import JobmillError, StoreUnavailable
 from jobmill.handlers import default_registry
 from jobmill.service import JobService, RetryPolicy, utc_now
 from jobmill.storage import open_blobstore
@@ -73,8 +75,12 @@ def worker(
     burst: Annotated[bool, typer.Option(help="drain the queues, then exit")] = False,
     database_url: Annotated[str | None, typer.Option(help="overrides JOBMILL_DATABASE_URL")] = None,
     log_level: Annotated[str, typer.Option(help="jobmill's log level")] = "info",
+    db_wait: Annotated[
+        float, typer.Option(min=0, help="seconds to keep retrying an unreachable database at startup")
+    ] = 30.0,
 ) -> None:
     """Run handlers: claim jobs from the queues and run them until SIGTERM/SIGINT (or drained, --burst)."""
+    early = _EarlySignals()  # a stop requested while starting up (importing, waiting for the database)
     _configure_logging(log_level)
     settings = Settings()
     _import_app(app_module)
@@ -82,9 +88,14 @@ def worker(
         raise _fail(f"module {app_module!r} registers no handlers (use @jobmill.handler)")
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else default_registry.queues()
     try:
-        store = open_store(database_url or settings.database_url)
+        store = _open_store_waiting(
+            database_url or settings.database_url, db_wait, lambda: early.received > 0
+        )
     except JobmillError as exc:
         raise _fail(str(exc), 1) from exc
+    if store is None:
+        typer.echo("worker stopped before it started")
+        return
     service = JobService(
         store,
         registry=default_registry,
@@ -98,7 +109,7 @@ def worker(
         raise _fail(str(exc), 1) from exc
     runner = Worker(service, default_registry, config, blobs=blobs)
     try:
-        stats = asyncio.run(_run_worker(runner))
+        stats = asyncio.run(_run_worker(runner, early.received))
     finally:
         blobs.close()
         store.close()
@@ -106,6 +117,32 @@ def worker(
         f"worker stopped: {stats.completed} completed, {stats.failed} failed, {stats.retried} retried,"
         f" {stats.cancelled} cancelled, {stats.released} handed back"
     )
+
+
+def _open_store_waiting(url: str, wait_s: float, stopped: Callable[[], bool]) -> JobStore | None:
+    """Open the store, retrying while the database is unreachable (StoreUnavailable) for up to `wait_s`.
+
+    A worker (re)started by its supervisor while the database restarts would otherwise exit at once; once
+    running, workers ride out outages by themselves, so a starting one should too. A malformed or
+    unsupported URL (ConfigError) fails at once. None when `stopped()` turned true while waiting.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.25
+    while True:
+        try:
+            return open_store(url)
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if stopped():
+                return None
+            logging.getLogger("jobmill.worker").warning(
+                "database unavailable, retrying in %.1fs: %s", delay, exc
+            )
+            stop_at = time.monotonic() + delay
+            while time.monotonic() < stop_at and not stopped():
+                time.sleep(0.05)
+            delay = min(delay * 2, 5.0)
 
 
 def _worker_config(
@@ -123,7 +160,23 @@ def _worker_config(
     )
 
 
-async def _run_worker(runner: Worker) -> WorkerStats:
+class _EarlySignals:
+    """SIGTERM/SIGINT before the event loop takes them over: counted, not fatal.
+
+    A supervisor that stops a worker still starting up (importing the app, waiting for the database) gets
+    a clean exit 0 instead of death by the default action; the loop replays what was received.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+
+
+async def _run_worker(runner: Worker, early_signals: int = 0) -> WorkerStats:
     loop = asyncio.get_running_loop()
     signals_seen = 0
 
@@ -139,6 +192,9 @@ async def _run_worker(runner: Worker) -> WorkerStats:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    for _ in range(early_signals):
+        # Run once runner.run() has set itself up (its first await), so the stop is not lost.
+        loop.call_soon(on_signal)
     return await runner.run()
 
 
