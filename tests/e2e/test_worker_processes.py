@@ -16,6 +16,7 @@ from jobmill.handlers import default_registry
 from jobmill.service import JobService, SubmitRequest
 from jobmill.store import JobStore, open_store
 from jobmill.store.base import Completion, JobListParams, Lease
+from jobmill.worker.worker import workdir_name
 from tests.e2e import handlers as _handlers  # noqa: F401  (registers the e2e kinds for validation)
 from tests.support.processes import WorkerProcess, live_group_members, pgid_of, wait_until
 
@@ -98,14 +99,14 @@ def test_cancel_kills_the_whole_tree(
     start_worker(poll_interval_s=str(poll_s))
     job = service.submit(SubmitRequest(kind=kind)).job
     pgid = tree_pgid(service, job.id)
-    assert (workdir_root / str(job.id)).is_dir()
+    assert (workdir_root / workdir_name(job.id, 1)).is_dir()
     cancelled_at = time.monotonic()
     assert service.cancel(job.id).status is JobStatus.CANCELLING
     wait_until(lambda: not live_group_members(pgid), 2.0, "every process of the tree to die", interval=0.002)
     tree_dead_s = time.monotonic() - cancelled_at
     wait_until(lambda: status_of(service, job.id) is JobStatus.CANCELLED, 5, "status cancelled")
     assert not live_group_members(pgid)
-    assert not (workdir_root / str(job.id)).exists()
+    assert not (workdir_root / workdir_name(job.id, 1)).exists()
     print(f"{kind}: cancel -> tree dead in {tree_dead_s * 1000:.0f} ms")
     # Learning of the cancel (<= 100 ms) plus SIGTERM and reaping, with room for a loaded 2-core machine.
     assert tree_dead_s < 0.5
@@ -139,11 +140,11 @@ def test_timeout_kills_the_tree_and_fails(
     assert not live_group_members(pgid)
     assert final.error is not None and final.error["type"] == "timeout"
     assert final.attempts == 1  # a timeout is not retried
-    assert not (workdir_root / str(job.id)).exists()
+    assert not (workdir_root / workdir_name(job.id, 1)).exists()
 
 
 def test_sigkilled_worker_job_is_taken_over_once(
-    service: JobService, start_worker: WorkerFactory, exec_log: Path
+    service: JobService, start_worker: WorkerFactory, exec_log: Path, workdir_root: Path
 ) -> None:
     first = start_worker(lease_s="1.5")
     job = service.submit(SubmitRequest(kind="e2e.slow_first")).job
@@ -167,6 +168,9 @@ def test_sigkilled_worker_job_is_taken_over_once(
     assert service.complete_many([Completion(stale, {"attempt": "stale"})]) == []
     assert not service.set_progress(stale, "stale", 50, None)
     assert service.get(job.id).result == {"attempt": 2}
+    # The dead attempt's workdir is removed by the attempt that replaced it, which removes its own too.
+    assert not (workdir_root / workdir_name(job.id, 1)).exists()
+    assert not (workdir_root / workdir_name(job.id, 2)).exists()
 
 
 def test_four_workers_drain_2000_jobs_exactly_once(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import JobService, SubmitRequest
 from jobmill.store import open_store
 from jobmill.worker.context import JobContext
-from jobmill.worker.worker import Worker, WorkerConfig
+from jobmill.worker.worker import Worker, WorkerConfig, workdir_name
 
 
 async def returns_params_value(ctx: JobContext) -> Any:
@@ -76,4 +77,28 @@ def test_a_batch_write_is_retried_while_the_database_is_briefly_away(tmp_path: P
     stats = asyncio.run(worker.run())
     assert stats.completed == 5
     assert all(service.get(job.id).status is JobStatus.COMPLETED for job in jobs)
+    store.close()
+
+
+def test_a_starting_worker_removes_workdirs_no_live_attempt_owns(tmp_path: Path) -> None:
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("t.one", returns_one, queue="q"))
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    service = JobService(store, registry=registry)
+    finished = service.submit(SubmitRequest(kind="t.one")).job
+    running = service.submit(SubmitRequest(kind="t.one", queue="elsewhere")).job
+    (claimed,) = service.claim("another-worker", ["elsewhere"], 1)
+    assert claimed.id == running.id
+    root = tmp_path / "work"
+    leftovers = [root / workdir_name(finished.id, 1), root / workdir_name(uuid.uuid4(), 3)]
+    stale_attempt = root / workdir_name(running.id, 7)  # not the attempt that runs now
+    live = root / workdir_name(running.id, claimed.attempts)  # another worker's, on this host
+    unrelated = root / "notes"
+    for folder in (*leftovers, stale_attempt, live, unrelated):
+        (folder / "sub").mkdir(parents=True)
+    worker = Worker(service, registry, WorkerConfig(queues=["q"], burst=True, workdir_root=root))
+    asyncio.run(worker.run())
+    assert service.get(finished.id).status is JobStatus.COMPLETED
+    assert not any(p.exists() for p in (*leftovers, stale_attempt))
+    assert live.is_dir() and unrelated.is_dir()
     store.close()

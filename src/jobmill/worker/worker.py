@@ -203,6 +203,12 @@ class Worker:
             self.service.store.notification_subscribe, self._on_notification
         )
         self._change_counter = await self._db(self.service.store.change_counter)
+        try:
+            swept = await self._db(self._sweep_workdirs)
+            if swept:
+                log.info("removed %d workdirs left by earlier attempts", swept)
+        except StoreError as exc:
+            log.warning("could not sweep old workdirs: %s", exc)
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="jobmill-heartbeat"),
             asyncio.create_task(self._reaper_loop(), name="jobmill-reaper"),
@@ -293,7 +299,7 @@ class Worker:
             kind=job.kind,
             params=job.params,
             attempt=job.attempts,
-            workdir=os.path.join(self._workdir_root, str(job.id)),
+            workdir=os.path.join(self._workdir_root, workdir_name(job.id, job.attempts)),
             sink=_StoreSink(self, lease),
             cancel_grace_s=self.config.cancel_grace_s,
             inputs=job.inputs,
@@ -339,6 +345,10 @@ class Worker:
                     await running.ctx.processes.kill_all(self.config.cancel_grace_s)
                 if running.ctx.workdir_created:
                     await self._db(shutil.rmtree, running.ctx.workdir, True)
+                if job.attempts > 1:
+                    # Earlier attempts of this job were on a worker that died or lost the lease: what
+                    # they left here is nobody's now.
+                    await self._db(self._remove_earlier_workdirs, job)
                 # The handler is done: its slot is free now, so the next claim overlaps the write of
                 # this outcome instead of waiting for it (claims and completions pipeline).
                 self._release_slot(job.id)
@@ -358,6 +368,37 @@ class Worker:
             log.exception("worker failed while running job %s; its lease will expire", job.id)
         finally:
             self._release_slot(job.id)
+
+    def _remove_earlier_workdirs(self, job: Job) -> None:
+        for attempt in range(1, job.attempts):
+            shutil.rmtree(os.path.join(self._workdir_root, workdir_name(job.id, attempt)), True)
+
+    def _sweep_workdirs(self) -> int:
+        """At start: remove the workdirs under the root that no live attempt owns. Workers of one host
+        may share the root, so a folder stays while its job is running that very attempt."""
+        removed = 0
+        try:
+            names = os.listdir(self._workdir_root)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            parsed = parse_workdir_name(name)
+            if parsed is None:
+                continue
+            job_id, attempt = parsed
+            try:
+                job: Job | None = self.service.get(job_id)
+            except JobmillError:
+                job = None
+            live = (
+                job is not None
+                and job.status in (JobStatus.RUNNING, JobStatus.CANCELLING)
+                and job.attempts == attempt
+            )
+            if not live:
+                shutil.rmtree(os.path.join(self._workdir_root, name), True)
+                removed += 1
+        return removed
 
     def _release_slot(self, job_id: UUID) -> None:
         if self._running.pop(job_id, None) is not None and self._wake is not None:
@@ -619,6 +660,22 @@ class Worker:
             except StoreError as exc:
                 log.warning("lease reaper failed: %s", exc)
             await asyncio.sleep(interval)
+
+
+def workdir_name(job_id: UUID, attempt: int) -> str:
+    """One folder per attempt: a worker whose lease expired (paused, partitioned) must not share, or
+    delete, the folder of the attempt that replaced it."""
+    return f"{job_id}.{attempt}"
+
+
+def parse_workdir_name(name: str) -> tuple[UUID, int] | None:
+    head, dot, tail = name.rpartition(".")
+    if not dot or not tail.isdigit():
+        return None
+    try:
+        return UUID(head), int(tail)
+    except ValueError:
+        return None
 
 
 def _not_json(value: Any) -> Exception | None:
