@@ -17,19 +17,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import click
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn
-from rich.table import Table
 
-from jobmill.client import ApiError, Client, ClientError, Conflict, ConnectionFailed, Job, Unauthorized
-from jobmill.client._core import DEFAULT_URL
+from jobmill.defaults import DEFAULT_URL
 from jobmill.domain.job import JobStatus
+
+# rich and the HTTP client are imported where they are used: `jobmill worker` and `jobmill serve` load
+# this module too (to register the commands), and these imports were a third of their start-up time.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from jobmill.client import Client, Job
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -65,6 +68,8 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 
 def _describe(exc: BaseException) -> str:
+    from jobmill.client import ApiError, ConnectionFailed, Unauthorized
+
     if isinstance(exc, Unauthorized):
         return f"the API key was refused: {exc.message} (HTTP 401; check --api-key or JOBMILL_API_KEY)"
     if isinstance(exc, ConnectionFailed):
@@ -85,6 +90,8 @@ def _describe(exc: BaseException) -> str:
 @contextmanager
 def _reported(debug: bool) -> Iterator[None]:
     """Errors as one line and exit 1 (unless --debug, which shows the traceback)."""
+    from jobmill.client import ClientError
+
     try:
         yield
     except (ClientError, OSError) as exc:
@@ -95,6 +102,8 @@ def _reported(debug: bool) -> Iterator[None]:
 
 
 def _client(url: str, api_key: str | None) -> Client:
+    from jobmill.client import Client
+
     if not api_key:
         raise _fail("no API key: pass --api-key or set JOBMILL_API_KEY (jobmill keys create)", EXIT_USAGE)
     try:
@@ -214,6 +223,9 @@ class ProgressView:
     """A job's progress on stderr: a live rich bar on a terminal, else one line per change."""
 
     def __init__(self, console: Console, job: Job) -> None:
+        from rich.markup import escape
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
+
         self._console = console
         self._kind = job.kind
         self._last_line = ""
@@ -234,6 +246,8 @@ class ProgressView:
         self.update(job)
 
     def update(self, job: Job) -> None:
+        from rich.markup import escape
+
         if self._progress is None or self._task is None:
             line = _state_line(job)
             if line != self._last_line:
@@ -269,6 +283,8 @@ def _ask_to_cancel(job_id: UUID) -> bool:
 
 def _wait(client: Client, job: Job, console: Console) -> Job:
     """Follow the job with a live view until it ends; Ctrl-C offers to cancel it (exit 130 if not)."""
+    from jobmill.client import Conflict
+
     view = ProgressView(console, job)
     try:
         try:
@@ -331,6 +347,8 @@ def submit(
 
     Ctrl-C while waiting asks whether to cancel the job (exit 130 if not).
     """
+    from rich.console import Console
+
     params = _params(param or [], params_json)
     files = _files(file or [])
     client = _client(url, api_key)
@@ -427,6 +445,10 @@ def jobs(
     debug: Debug = False,
 ) -> None:
     """List jobs, newest first: id, kind, status, stage/progress, queue position, age."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     statuses = _statuses(status_filter or [])
     client = _client(url, api_key)
     with client, _reported(debug):

@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from jobmill.access import AccessService
+if TYPE_CHECKING:
+    from jobmill.access import AccessService
+
 from jobmill.cli.client_commands import register as register_client_commands
 from jobmill.config import Settings
 from jobmill.errors import JobmillError, StoreUnavailable
@@ -266,6 +268,8 @@ app.add_typer(keys_app, name="keys")
 
 
 def _access() -> tuple[JobStore, AccessService]:
+    from jobmill.access import AccessService  # JWT and crypto: not needed by `serve` or `worker` start-up
+
     try:
         store = open_store(Settings().database_url)
     except JobmillError as exc:

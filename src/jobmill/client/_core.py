@@ -41,7 +41,6 @@ from jobmill.domain.job import JobStatus
 
 T = TypeVar("T")
 API_PREFIX = "/api/v1"
-DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 30.0
 # The server sends a keep-alive comment every 15 s; a stream silent for longer than this is dead.
 STREAM_READ_TIMEOUT_S = 45.0
