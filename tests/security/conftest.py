@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,3 +133,113 @@ def db_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         yield made
     finally:
         made.close()
+
+
+# ------------------------------------------------------------------------------------------ case counts
+# What `python -m chaos.hostile` reports: how many hostile requests each test module (category) really
+# sent, and how many were answered with a 5xx. Counted at the transports while a test body runs (not
+# while fixtures start servers), and written as JSON to the file named by this variable at the end.
+COUNTS_ENV = "JOBMILL_SECURITY_COUNTS"
+
+
+class CaseCounts:
+    def __init__(self) -> None:
+        self.current: str | None = None
+        self.categories: dict[str, dict[str, int]] = {}
+
+    def _category(self, name: str) -> dict[str, int]:
+        return self.categories.setdefault(name, {"requests": 0, "5xx": 0, "unanswered": 0})
+
+    def request(self, status: int | None) -> None:
+        if self.current is None:
+            return
+        counts = self._category(self.current)
+        counts["requests"] += 1
+        if status is None:
+            counts["unanswered"] += 1
+        elif status >= 500:
+            counts["5xx"] += 1
+
+    def add(self, category: str, **figures: int) -> None:
+        counts = self._category(category)
+        for name, value in figures.items():
+            counts[name] = counts.get(name, 0) + value
+
+
+CASES = CaseCounts()
+
+
+def _counting_sync(original: Any) -> Any:
+    def handle_request(self: Any, request: httpx.Request) -> httpx.Response:
+        try:
+            response = original(self, request)
+        except BaseException:
+            CASES.request(None)
+            raise
+        CASES.request(response.status_code)
+        return response
+
+    return handle_request
+
+
+def _counting_async(original: Any) -> Any:
+    async def handle_async_request(self: Any, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await original(self, request)
+        except BaseException:
+            CASES.request(None)
+            raise
+        CASES.request(response.status_code)
+        return response
+
+    return handle_async_request
+
+
+def _counting_raw(original: Any) -> Any:
+    """For the harness's raw ASGI stream and WebSocket openers, which bypass httpx's transports."""
+
+    async def opener(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await original(*args, **kwargs)
+        except BaseException:
+            CASES.request(None)
+            raise
+        status = getattr(result, "status_code", None)
+        CASES.request(status if isinstance(status, int) else 200)
+        return result
+
+    return opener
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _count_cases() -> Iterator[None]:
+    patches = [
+        (httpx.HTTPTransport, "handle_request", _counting_sync),
+        (httpx.ASGITransport, "handle_async_request", _counting_async),
+        (httpx.AsyncHTTPTransport, "handle_async_request", _counting_async),
+        (Api, "_open_stream", _counting_raw),
+        (Api, "_websocket", _counting_raw),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, wrap in patches:
+        setattr(owner, name, wrap(getattr(owner, name)))
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    CASES.current = item.module.__name__.rpartition(".")[2].removeprefix("test_") if item.module else None
+    try:
+        return (yield)
+    finally:
+        CASES.current = None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = os.environ.get(COUNTS_ENV)
+    if path:
+        Path(path).write_text(json.dumps(CASES.categories, indent=2, sort_keys=True))

@@ -2,10 +2,13 @@
 
 Checks: no 5xx, every response has a documented status and conforms to its schema. Bounded (few examples
 per operation, deterministic generation) so it takes seconds; both keys run at the same time.
+JOBMILL_SCHEMATHESIS_EXAMPLES raises the examples per operation (`make chaos` does, for its longer run).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.conftest import Server
+from tests.security.conftest import CASES, Server
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +25,10 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 # The event streams are infinite by design (the tenant stream never ends; a job's stream ends with the
 # job): a fuzzer would only time out on them. Their refusals are tested in test_tenancy.py.
 EXCLUDED = r"/events$"
+DEFAULT_EXAMPLES = 6
+EXAMPLES = int(os.environ.get("JOBMILL_SCHEMATHESIS_EXAMPLES", str(DEFAULT_EXAMPLES)))
+# The fuzzing phase grows with the examples; the coverage and stateful phases do not.
+RUN_TIMEOUT_S = 90 + 12 * max(0, EXAMPLES - 6)
 
 
 def _schemathesis() -> str:
@@ -54,7 +61,7 @@ def _command(server: Server, token: str, report: Path) -> list[str]:
         "--checks",
         CHECKS,
         "--max-examples",
-        "6",
+        str(EXAMPLES),
         "--generation-deterministic",
         "--request-timeout",
         "5",
@@ -65,9 +72,28 @@ def _command(server: Server, token: str, report: Path) -> list[str]:
         "junit",
         "--report-junit-path",
         str(report),
+        # With more examples per operation, Hypothesis' health checks about the generator itself (too
+        # many filtered examples for a patterned path parameter, slow generation on a busy machine)
+        # would end a run that found nothing wrong with the server.
+        *(["--suppress-health-check", "filter_too_much,too_slow"] if EXAMPLES > DEFAULT_EXAMPLES else []),
     ]
 
 
+def _summary(out: str) -> dict[str, int]:
+    """Operations tested and test cases generated, passed and failed, from schemathesis' summary."""
+    figures = {}
+    tested = re.search(r"^\s*Tested:\s*(\d+)", out, re.MULTILINE)
+    if tested:
+        figures["operations"] = int(tested[1])
+    cases = re.search(r"Test cases:\s*\n\s*(\d+) generated(.*)", out)
+    if cases:
+        figures["generated"] = int(cases[1])
+        for number, outcome in re.findall(r"(\d+) (passed|failed|skipped)", cases[2]):
+            figures[outcome] = int(number)
+    return figures
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 def test_the_whole_document_as_admin_and_as_user(server: Server, tmp_path: Path) -> None:
     runs = {
         role: subprocess.Popen(
@@ -82,12 +108,13 @@ def test_the_whole_document_as_admin_and_as_user(server: Server, tmp_path: Path)
     outputs = {}
     for role, process in runs.items():
         try:
-            out, _ = process.communicate(timeout=90)
+            out, _ = process.communicate(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             out, _ = process.communicate()
         outputs[role] = (process.returncode, out)
         (tmp_path / f"{role}.out").write_text(out)  # kept for reading after a failure
+        CASES.add("schemathesis", runs=1, max_examples=EXAMPLES, **_summary(out))
     for role, (code, out) in outputs.items():
         assert code == 0, f"schemathesis as {role} found problems:\n{out[-6000:]}"
         # It really ran: operations were tested and test cases generated.

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.security.conftest import CASES
+
 
 @dataclass
 class RawResponse:
@@ -69,7 +71,12 @@ def send(
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered early and closed: read what it said
         raw = _read_all(s)
-    response = _parse(raw, time.monotonic() - started)
+    try:
+        response = _parse(raw, time.monotonic() - started)
+    except Exception:
+        CASES.request(None)
+        raise
+    CASES.request(response.status)
     response.sent_bytes = sent
     return response
 

@@ -28,8 +28,9 @@ from jobmill.errors import (
 )
 from jobmill.storage.base import (
     BlobNotFound,
+    InvalidKey,
     InvalidSignature,
-    StorageUnavailable,
+    StorageError,
     UnsupportedMediaType,
     UploadTooLarge,
 )
@@ -110,7 +111,11 @@ def _for_domain_error(exc: JobmillError) -> tuple[int, str, Any]:
         return 403, "invalid_signature", None
     if isinstance(exc, BlobNotFound):
         return 404, "not_found", None
-    if isinstance(exc, StoreUnavailable | StorageUnavailable):
+    if isinstance(exc, InvalidKey):
+        return 500, "internal", None  # a key jobmill would never make: a bug, not an outage
+    # Any other storage failure (S3 down or refusing, a bucket gone, a disk full or unwritable) is the
+    # service's trouble, not the request's: retry later.
+    if isinstance(exc, StoreUnavailable | StorageError):
         return 503, "unavailable", None
     return 500, "internal", None
 

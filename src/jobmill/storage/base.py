@@ -3,13 +3,15 @@
 Keys are made by jobmill (`new_key`), never taken from user file names: a user-chosen name could
 collide with another tenant's blob, escape a folder, or carry characters a backend treats specially.
 
-StorageError
+StorageError                any failure of the backend itself: a disk that cannot be written, S3 refusing
+│                           (API: 503, like the subclasses not named below)
 ├── StorageUnavailable      the backend cannot be reached right now (API: 503)
 ├── BlobNotFound            no blob under that key
 ├── UploadTooLarge          more than the allowed bytes arrived (API: 413); carries `limit`
 ├── UnsupportedMediaType    the sniffed type is not allowed (API: 415); carries `content_type`
 ├── InvalidSignature        a signed URL token was tampered with, malformed or expired (API: 403)
-└── InvalidKey              a key or prefix that jobmill would never generate (a bug, not a user error)
+└── InvalidKey              a key or prefix that jobmill would never generate (a bug, not a user error;
+                            API: 500)
 """
 
 from __future__ import annotations

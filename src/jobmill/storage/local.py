@@ -119,8 +119,10 @@ class LocalBlobStore:
         path = self._path(key)
         try:
             path.unlink(missing_ok=True)
-        except IsADirectoryError:
-            return  # `key` names a folder of other blobs, so no blob of that key exists
+        except (IsADirectoryError, NotADirectoryError):
+            # `key` names a folder of other blobs, or a folder on its path is a file: either way no blob
+            # of that key exists.
+            return
         except OSError as exc:
             raise StorageError(f"cannot delete blob {key!r}: {exc}") from exc
         self._prune(path.parent)
@@ -238,10 +240,13 @@ class _AtomicWriter:
         _fsync_dir(self.target.parent)
 
     def discard(self) -> None:
-        # Closing flushes, which fails if the disk filled up: the file is being thrown away anyway.
+        # Called while another error propagates, so it never raises one of its own (which would replace
+        # the StorageError with a bare OSError). Closing flushes, which fails if the disk filled up; the
+        # unlink fails if the folder was removed or replaced meanwhile: either way nothing is left.
         with contextlib.suppress(OSError):
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
