@@ -36,6 +36,11 @@ class StoreUnavailable(StoreError):
     pass
 
 
+class StoreContention(StoreError):
+    """The statement lost to a concurrent transaction (a deadlock, a serialization failure) and was rolled
+    back: nothing was written, and running it again is safe."""
+
+
 class ValidationError(JobmillError):
     pass
 

@@ -33,7 +33,7 @@ from jobmill.store.base import (
     Lease,
     Notification,
 )
-from jobmill.store.postgres import LISTENER_NAME, PostgresJobStore
+from jobmill.store.postgres import LISTENER_NAME, PING_TIMEOUT_S, POOL_MAX_SIZE, PostgresJobStore
 from tests.support.clock import FakeClock
 from tests.support.postgres import ScratchDatabase, require_server
 
@@ -376,9 +376,41 @@ def test_lost_connections_are_unavailable_then_replaced(pg_url: str, stores: lis
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'jobmill'"
         )
+    # A readiness probe does not report the server down because a pooled connection died: ping drops it
+    # and tries one fresh connection.
+    store.ping()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'jobmill'"
+        )
+    service = JobService(store)
     with pytest.raises(StoreUnavailable):
-        store.ping()
-    store.ping()  # the pool dropped the broken connection and opened a new one
+        service.statuses([uuid4()])
+    # Each broken pooled connection fails once, then the pool replaces it.
+    for _ in range(POOL_MAX_SIZE):
+        try:
+            service.statuses([uuid4()])
+            break
+        except StoreUnavailable:
+            continue
+    service.statuses([uuid4()])
+
+
+def test_ping_answers_fast_when_no_connection_is_free(pg_url: str, stores: list[PostgresJobStore]) -> None:
+    """Regression (chaos): while PostgreSQL was down, /readyz waited ACQUIRE_TIMEOUT_S (10 s) for the pool
+    instead of answering 503; a readiness probe must answer within about a second either way."""
+    store = open_pg(pg_url, stores)
+    held = [store._pool.getconn() for _ in range(POOL_MAX_SIZE)]
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+        assert time.monotonic() - started < PING_TIMEOUT_S + 1.0
+    finally:
+        for conn in held:
+            store._pool.putconn(conn)
+    store.ping()
 
 
 def test_other_driver_errors_are_store_errors(pg_url: str, stores: list[PostgresJobStore]) -> None:
@@ -514,3 +546,41 @@ def test_row_level_security_hides_other_tenants_from_unscoped_queries(
     # Workers and operators (no tenant) still see every tenant.
     assert store._all("SELECT count(*) FROM jobmill_jobs", {}) == [(4,)]
     assert service.queue_position(theirs.id, "a") is None
+
+
+def test_a_deadlock_is_reported_as_contention_safe_to_retry() -> None:
+    """Two transactions lock two rows in opposite orders: PostgreSQL rolls one back with 40P01, which
+    the store reports as StoreContention (the worker retries its batch writes on it)."""
+    import threading
+
+    from jobmill.errors import StoreContention
+    from jobmill.store.postgres import _translate
+    from tests.support.postgres import ADMIN_URL
+
+    require_server()
+    with psycopg.connect(ADMIN_URL, autocommit=True) as setup:
+        setup.execute("DROP TABLE IF EXISTS jobmill_deadlock_probe")
+        setup.execute("CREATE TABLE jobmill_deadlock_probe (id int PRIMARY KEY)")
+        setup.execute("INSERT INTO jobmill_deadlock_probe VALUES (1), (2)")
+    errors: list[psycopg.Error] = []
+    both_locked = threading.Barrier(2)
+
+    def lock(first: int, second: int) -> None:
+        with psycopg.connect(ADMIN_URL) as conn:
+            try:
+                conn.execute("UPDATE jobmill_deadlock_probe SET id = id WHERE id = %s", (first,))
+                both_locked.wait(10)
+                conn.execute("UPDATE jobmill_deadlock_probe SET id = id WHERE id = %s", (second,))
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=lock, args=pair) for pair in ((1, 2), (2, 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as setup:
+        setup.execute("DROP TABLE jobmill_deadlock_probe")
+    assert len(errors) == 1 and errors[0].sqlstate == "40P01"
+    with pytest.raises(StoreContention):
+        _translate(errors[0])

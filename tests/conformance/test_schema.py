@@ -198,5 +198,8 @@ def test_postgres_declared_schema_matches_migrations(
     assert got["indexes"] == want["indexes"]
     assert got["constraints"] == want["constraints"]
     assert got["sequences"] == want["sequences"]
+    # Row-level security, and the triggers and functions that keep the queue-position counts.
+    for part in ("policies", "row_security", "tenant_grants", "triggers", "functions"):
+        assert got[part] == want[part], part
     assert ("jobmill_jobs", "BASE TABLE") in want["tables"]
     assert any(name == "jobmill_jobs_claim" for _, name, _ in want["indexes"])

@@ -31,7 +31,7 @@ from psycopg.types.json import set_json_loads
 
 from jobmill.domain.admin import ApiKeyRecord, AuditEntry, AuditRecord
 from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
-from jobmill.errors import ConfigError, StoreError, StoreUnavailable
+from jobmill.errors import ConfigError, StoreContention, StoreError, StoreUnavailable
 from jobmill.store.base import (
     ApiKeyInsertParams,
     ApiKeyListParams,
@@ -77,6 +77,9 @@ POOL_MAX_SIZE = 10
 CONNECT_TIMEOUT_S = 5  # per connection attempt (libpq connect_timeout)
 OPEN_TIMEOUT_S = 5.0  # the first connection, when the store is opened
 ACQUIRE_TIMEOUT_S = 10.0  # waiting for a free pooled connection
+# Readiness must answer fast: an orchestrator's probe gives up after ~1 s, and a store that cannot hand out a
+# connection within this is not ready, whether the server is away or every connection is busy.
+PING_TIMEOUT_S = 1.0
 LISTEN_POLL_S = 0.2  # how often the listener thread checks whether it should stop
 RECONNECT_BACKOFF_S = (0.1, 5.0)  # listener reconnection: first and longest wait
 
@@ -100,6 +103,8 @@ CLAIM_RESULT_COLUMNS = (
 
 # SQLSTATEs that mean "the server cannot serve us right now" rather than "this statement failed".
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300", "53400", "25006"})
+# deadlock_detected, serialization_failure: the transaction was rolled back and may simply run again.
+_CONTENTION_STATES = frozenset({"40P01", "40001"})
 
 
 def _status(value: JobStatus) -> str:
@@ -225,6 +230,8 @@ def _translate(exc: psycopg.Error) -> NoReturn:
         state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
     ):
         raise StoreUnavailable(f"PostgreSQL is unavailable: {_message(exc)}") from exc
+    if state in _CONTENTION_STATES:
+        raise StoreContention(f"PostgreSQL error {state}: {_message(exc)}") from exc
     raise StoreError(f"PostgreSQL error{f' {state}' if state else ''}: {_message(exc)}") from exc
 
 
@@ -451,7 +458,25 @@ class PostgresJobStore:
         return applied
 
     def ping(self) -> None:
-        self._one("SELECT 1", {})
+        """Raises StoreUnavailable unless the server answers within about PING_TIMEOUT_S.
+
+        Not through `_connection`: that would wait ACQUIRE_TIMEOUT_S for the pool while the server is away
+        (a hung probe instead of a 503). A pooled connection that died with a restarted server is dropped
+        and one fresh connection tried, so the probe does not report the server down after it came back.
+        """
+        for last_try in (False, True):
+            try:
+                with self._pool.connection(timeout=PING_TIMEOUT_S) as conn:
+                    try:
+                        conn.execute("SELECT 1")
+                        return
+                    except psycopg.OperationalError:
+                        # Idempotent, so retried once whatever the cause; a server that is really away
+                        # fails the fresh connection too (refused, or PoolTimeout after PING_TIMEOUT_S).
+                        if last_try:
+                            raise
+            except psycopg.Error as exc:
+                _translate(exc)
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
@@ -947,20 +972,14 @@ class PostgresJobStore:
         return [_job(r) for r in rows]
 
     def job_queue_position(self, params: JobQueuePositionParams) -> int | None:
-        # One statement, so the job and the jobs ahead of it are read from one snapshot. The two counts
-        # are index range scans of the claim index: higher priorities, then the same priority earlier.
-        pending = _status(JobStatus.PENDING)
-        ahead = (
-            f"SELECT count(*) FROM jobmill_jobs AS o WHERE o.status = {pending} AND o.queue = j.queue"
-            " AND o.run_after <= %(now)s AND {cond}"
-        )
+        # One statement, so the job and the jobs ahead of it are read from one snapshot (jobmill_jobs_ahead
+        # is STABLE: it runs in the caller's snapshot). It reads the per-block counts that migration 0005
+        # keeps beside the jobs, so its cost does not grow with the jobs ahead (see the migration). The job
+        # itself is looked up as the caller, under row-level security for a tenant; the function then counts
+        # every tenant's jobs ahead, as the claim order does.
         sql = (
-            "SELECT 1 + ("
-            + ahead.format(cond="o.priority > j.priority")
-            + ") + ("
-            + ahead.format(cond="o.priority = j.priority AND o.seq < j.seq")
-            + f") FROM jobmill_jobs AS j WHERE j.id = %(id)s AND j.status = {pending}"
-            " AND j.run_after <= %(now)s"
+            "SELECT 1 + jobmill_jobs_ahead(j.queue, j.priority, j.seq, %(now)s) FROM jobmill_jobs AS j"
+            f" WHERE j.id = %(id)s AND j.status = {_status(JobStatus.PENDING)} AND j.run_after <= %(now)s"
         )
         if params.tenant is not None:
             sql += " AND j.tenant = %(tenant)s"

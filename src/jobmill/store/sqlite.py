@@ -65,6 +65,22 @@ EVENT_FROM_RETURNING = "id, tenant, event_seq, status, stage, progress, message"
 # SQLite limits the number of bound parameters per statement; batches are cut to stay below it.
 MAX_BATCH = 500
 
+# The runnable pending jobs claimed before a job, from the per-block counts of migration 0003 (kept by its
+# triggers): higher priorities and the earlier blocks of the job's priority (about pending/width rows),
+# the job's own block before it (fewer than `width` entries of the claim index), less the delayed jobs
+# ahead, which the blocks count but the claim order skips (one index entry per delayed job of the queue).
+JOBS_AHEAD_SQL = (
+    "SELECT (SELECT coalesce(sum(pending), 0) FROM jobmill_position_blocks"
+    " WHERE queue = :queue AND priority > :priority)"
+    " + (SELECT coalesce(sum(pending), 0) FROM jobmill_position_blocks"
+    " WHERE queue = :queue AND priority = :priority AND block < :block)"
+    " + (SELECT count(*) FROM jobmill_jobs WHERE status = 'pending' AND queue = :queue"
+    " AND priority = :priority AND seq >= :block_start AND seq < :seq)"
+    " - (SELECT count(*) FROM jobmill_jobs INDEXED BY jobmill_jobs_delayed WHERE status = 'pending'"
+    " AND queue = :queue AND run_after > :now"
+    " AND (priority > :priority OR (priority = :priority AND seq < :seq)))"
+)
+
 
 def _ts(value: datetime) -> float:
     return value.timestamp()
@@ -726,22 +742,32 @@ class SqliteJobStore:
 
     def job_queue_position(self, params: JobQueuePositionParams) -> int | None:
         now = _ts(params.now)
-        sql = "SELECT queue, priority, seq, status, run_after FROM jobmill_jobs WHERE id = ?"
+        sql = (
+            "SELECT queue, priority, seq, status, run_after,"
+            " (SELECT block_width FROM jobmill_position_settings) AS width FROM jobmill_jobs WHERE id = ?"
+        )
         args: list[Any] = [str(params.job_id)]
         if params.tenant is not None:
             sql += " AND tenant = ?"
             args.append(params.tenant)
         with self._read() as conn:
-            # One read transaction, so the job and the jobs ahead of it are counted from one snapshot.
+            # One read transaction, so the job and the counts ahead of it are read from one snapshot.
             conn.execute("BEGIN")
             try:
                 job = conn.execute(sql, args).fetchone()
                 if job is None or job["status"] != "pending" or job["run_after"] > now:
                     return None
+                seq, width = job["seq"], job["width"]
                 ahead = conn.execute(
-                    "SELECT count(*) FROM jobmill_jobs WHERE status = 'pending' AND queue = ?"
-                    " AND run_after <= ? AND (priority > ? OR (priority = ? AND seq < ?))",
-                    (job["queue"], now, job["priority"], job["priority"], job["seq"]),
+                    JOBS_AHEAD_SQL,
+                    {
+                        "queue": job["queue"],
+                        "priority": job["priority"],
+                        "seq": seq,
+                        "block": seq // width,
+                        "block_start": seq // width * width,
+                        "now": now,
+                    },
                 ).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
@@ -869,6 +895,17 @@ class SqliteJobStore:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration file (they contain no semicolons inside literals)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Statements of a migration file (they contain no semicolons inside literals or comments).
+
+    A statement ends at the first semicolon that completes it, so a trigger's body (BEGIN ...; END;)
+    stays whole.
+    """
+    text = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    statements: list[str] = []
+    current = ""
+    for piece in text.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip().removesuffix(";").strip())
+            current = ""
+    return [s for s in statements if s]

@@ -157,3 +157,168 @@ $$;
 CREATE TRIGGER jobmill_events_notify AFTER INSERT ON jobmill_events
     REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION jobmill_notify_events();
+
+-- Exact queue_position without counting every job ahead (DESIGN.md §8). The pending jobs of each
+-- (queue, priority) are cut into blocks of `block_width` consecutive seqs; jobmill_position_blocks holds
+-- how many pending jobs each block has, kept by the statement-level triggers below in the same
+-- transaction as the jobs, so one snapshot sees both. A job's position then reads the block counts of the
+-- buckets ahead, counts its own block's earlier jobs in the claim index (< block_width entries), and takes
+-- off the delayed jobs ahead (run_after in the future; the blocks count them, the claim order skips them).
+CREATE TABLE jobmill_position_settings (
+    id boolean PRIMARY KEY DEFAULT true,
+    block_width integer NOT NULL,
+    CONSTRAINT jobmill_position_settings_one_row CHECK (id),
+    CONSTRAINT jobmill_position_settings_width_check CHECK (block_width > 0)
+);
+
+-- Rows whose count reaches 0 are deleted, so the table holds about (pending jobs / block_width) rows.
+-- Claims update the head block and submissions the tail one: a low fillfactor keeps those updates HOT.
+CREATE TABLE jobmill_position_blocks (
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    block bigint NOT NULL,
+    pending bigint NOT NULL,
+    PRIMARY KEY (queue, priority, block)
+) WITH (fillfactor = 50);
+
+-- The delayed pending jobs of a queue: what queue_position subtracts. Scanned from `now` on, so it costs
+-- one index entry per job whose run_after is still in the future; (priority, seq) ride along so that the
+-- test "is it ahead?" needs no visit to the table.
+CREATE INDEX jobmill_jobs_delayed ON jobmill_jobs (queue, run_after) INCLUDE (priority, seq)
+    WHERE status = 'pending';
+
+-- The triggers run as the owner: a tenant-scoped transaction (role jobmill_tenant, row-level security)
+-- that cancels or reprioritises a job must still update the counts, which no tenant may write directly.
+CREATE FUNCTION jobmill_position_count() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER AS $$
+DECLARE
+    width integer;
+    queues text[];
+    priorities integer[];
+    blocks bigint[];
+    deltas bigint[];
+BEGIN
+    -- Most updates (heartbeats, progress, completions) touch no pending job: they stop here. (Nested:
+    -- an INSERT trigger has no old_rows to plan a query on.)
+    IF TG_OP = 'UPDATE' THEN
+        IF NOT EXISTS (SELECT FROM old_rows WHERE status = 'pending')
+            AND NOT EXISTS (SELECT FROM new_rows WHERE status = 'pending') THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    width := (SELECT block_width FROM jobmill_position_settings);
+    IF TG_OP = 'INSERT' THEN
+        -- Only adds, so no count reaches 0. Sorted, so that concurrent statements lock rows in one order.
+        INSERT INTO jobmill_position_blocks AS b (queue, priority, block, pending)
+        SELECT queue, priority, seq / width, count(*) FROM new_rows WHERE status = 'pending'
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ON CONFLICT (queue, priority, block) DO UPDATE SET pending = b.pending + excluded.pending;
+        RETURN NULL;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(queue), array_agg(priority), array_agg(block), array_agg(n)
+        INTO queues, priorities, blocks, deltas
+        FROM (SELECT queue, priority, block, sum(n) AS n FROM (
+                SELECT queue, priority, seq / width AS block, -1 AS n FROM old_rows WHERE status = 'pending'
+                UNION ALL
+                SELECT queue, priority, seq / width, 1 FROM new_rows WHERE status = 'pending'
+              ) AS d GROUP BY 1, 2, 3 HAVING sum(n) <> 0 ORDER BY 1, 2, 3) AS changes;
+    ELSE
+        SELECT array_agg(queue), array_agg(priority), array_agg(block), array_agg(n)
+        INTO queues, priorities, blocks, deltas
+        FROM (SELECT queue, priority, seq / width AS block, -count(*) AS n FROM old_rows
+              WHERE status = 'pending' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3) AS changes;
+    END IF;
+    IF queues IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- One upsert per changed block (a claim of 100 jobs is one or two rows), then the emptied blocks go.
+    WITH changed AS (
+        INSERT INTO jobmill_position_blocks AS b (queue, priority, block, pending)
+        SELECT * FROM unnest(queues, priorities, blocks, deltas)
+        ON CONFLICT (queue, priority, block) DO UPDATE SET pending = b.pending + excluded.pending
+        RETURNING b.queue, b.priority, b.block, b.pending
+    )
+    SELECT array_agg(queue), array_agg(priority), array_agg(block) INTO queues, priorities, blocks
+    FROM changed WHERE pending = 0;
+    IF queues IS NOT NULL THEN
+        DELETE FROM jobmill_position_blocks AS b
+        USING unnest(queues, priorities, blocks) AS z(queue, priority, block)
+        WHERE b.queue = z.queue AND b.priority = z.priority AND b.block = z.block AND b.pending = 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION jobmill_position_truncate() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER AS $$
+BEGIN
+    DELETE FROM jobmill_position_blocks;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobmill_jobs_position_insert AFTER INSERT ON jobmill_jobs
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobmill_position_count();
+CREATE TRIGGER jobmill_jobs_position_update AFTER UPDATE ON jobmill_jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobmill_position_count();
+CREATE TRIGGER jobmill_jobs_position_delete AFTER DELETE ON jobmill_jobs
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobmill_position_count();
+CREATE TRIGGER jobmill_jobs_position_truncate AFTER TRUNCATE ON jobmill_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION jobmill_position_truncate();
+
+-- Sets the block width and recounts every block from the jobs, holding off writers meanwhile. The
+-- migration uses it to fill the counts of an existing database; tests use it for tiny blocks.
+CREATE FUNCTION jobmill_position_reblock(width integer) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE jobmill_jobs IN SHARE MODE;
+    INSERT INTO jobmill_position_settings (id, block_width) VALUES (true, width)
+    ON CONFLICT (id) DO UPDATE SET block_width = excluded.block_width;
+    DELETE FROM jobmill_position_blocks;
+    INSERT INTO jobmill_position_blocks (queue, priority, block, pending)
+    SELECT queue, priority, seq / width, count(*) FROM jobmill_jobs WHERE status = 'pending'
+    GROUP BY 1, 2, 3;
+END
+$$;
+
+-- The number of runnable pending jobs of a queue that are claimed before the job (queue, priority, seq),
+-- read from the caller's snapshot (STABLE). It runs as the owner: the claim order, and so the position,
+-- counts every tenant's jobs, which a tenant-scoped caller cannot see. Callers look their job up under
+-- row-level security first and pass its fields, so a tenant only ever learns positions, never jobs.
+CREATE FUNCTION jobmill_jobs_ahead(job_queue text, job_priority integer, job_seq bigint, as_of timestamptz)
+    RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER
+    -- Custom plans: a generic one cannot tell how few jobs are delayed (run_after > as_of), and would
+    -- start parallel workers for them. Each plan is small, so a custom one costs a fraction of a ms.
+    SET plan_cache_mode = force_custom_plan SET max_parallel_workers_per_gather = 0 AS $$
+DECLARE
+    width integer := (SELECT block_width FROM jobmill_position_settings);
+BEGIN
+    RETURN
+        -- Higher priorities, then the earlier blocks of the job's priority: about pending/width rows.
+        (SELECT coalesce(sum(pending), 0) FROM jobmill_position_blocks WHERE queue = job_queue
+         AND (priority > job_priority OR (priority = job_priority AND block < job_seq / width)))
+        -- The job's own block, before it: fewer than `width` entries of the claim index.
+        + (SELECT count(*) FROM jobmill_jobs WHERE status = 'pending' AND queue = job_queue
+           AND priority = job_priority AND seq >= job_seq / width * width AND seq < job_seq)
+        -- Counted above but not runnable yet: one index entry per delayed job of the queue.
+        - (SELECT count(*) FROM jobmill_jobs WHERE status = 'pending' AND queue = job_queue
+           AND run_after > as_of AND (priority > job_priority OR (priority = job_priority AND seq < job_seq)));
+END
+$$;
+-- The functions that run as the owner resolve names in jobmill's schema only, then pg_temp: never in a
+-- caller's temporary tables first.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION jobmill_position_count() SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION jobmill_position_truncate() SET search_path = %I, pg_temp',
+        current_schema());
+    EXECUTE format('ALTER FUNCTION jobmill_jobs_ahead(text, integer, bigint, timestamptz)'
+        ' SET search_path = %I, pg_temp', current_schema());
+END
+$$;
+REVOKE ALL ON FUNCTION jobmill_jobs_ahead(text, integer, bigint, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION jobmill_jobs_ahead(text, integer, bigint, timestamptz) TO jobmill_tenant;
+
+SELECT jobmill_position_reblock(1024);  -- the default block width
