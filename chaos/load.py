@@ -1,26 +1,29 @@
 """Load: one real `jobmill serve` holding many live event streams while it is polled hard.
 
 The server is `jobmill serve` on SQLite with its embedded worker running slow `demo.sleep` jobs that
-report progress every second. A load generator in its own process (asyncio + httpx) then:
+report progress every second. Load generators in their own processes (asyncio, speaking HTTP/1.1
+themselves: `plan.stream_processes` hold the subscribers, one more polls) then:
 
 1. opens the subscribers: most follow one job (`GET /api/v1/jobs/{id}/events`), the rest the tenant
    (`GET /api/v1/events`), and waits until every one has its 200;
 2. holds them for the run while polling `GET /api/v1/jobs/{id}` at a fixed rate (open loop: a request
    is sent on schedule whether or not the previous ones have answered, so a slow server shows up as
    latency, not as a quietly lower rate);
-3. cancels the jobs: every per-job stream must then deliver the terminal event and end by itself.
+3. cancels the jobs (this process does): every per-job stream must then deliver the terminal event and
+   end by itself.
 
 Meanwhile this process samples the server's resident memory. Figures: errors by kind, 5xx, GET
 latency, events delivered, subscribers held, RSS at start, peak and end, and its growth over the
 steady part (it must level off, not keep growing with time).
 
-`python -m chaos.load [--short]` runs it alone and prints the section; `python -m chaos.load generate`
-is the generator (a plan as JSON on stdin, its result as JSON on stdout).
+`python -m chaos.load [--short]` runs it alone and prints the section; `python -m chaos.load generate
+streams|poll [index/count]` is a generator (a plan as JSON on stdin, its tally as JSON on stdout).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -32,9 +35,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -55,6 +59,7 @@ class Plan:
     jobs: int  # slow jobs running meanwhile, one progress event per second each
     keys: int = 5  # principals the load is spread over (each has its own rate-limit bucket)
     poll_connections: int = 64
+    stream_processes: int = 2  # generator processes holding the subscribers (one more polls)
 
     @property
     def job_subscribers(self) -> int:
@@ -78,11 +83,17 @@ def raise_open_files_limit() -> int:
 
 
 # ------------------------------------------------------------------------------------------ generator
+#
+# The generators speak HTTP/1.1 themselves over asyncio, with no client library: httpx spent most of a
+# generator's CPU on its own bookkeeping (its pool scans every connection for every request; each SSE
+# line passes through several layers), so on a shared machine the generator, not the server, set the
+# latencies it reported. A subscriber is an asyncio.Protocol that parses the chunked answer as it arrives;
+# a poll connection is a keep-alive stream that sends a GET and reads its Content-Length answer.
 
 
 @dataclass
 class Tally:
-    """What the generator saw; JSON-able, sent back to the orchestrating process."""
+    """What a generator saw; JSON-able, sent back to the orchestrating process."""
 
     stream_open: int = 0
     stream_open_max: int = 0
@@ -117,199 +128,405 @@ def bump(counts: dict[str, int], key: object) -> None:
     counts[str(key)] = counts.get(str(key), 0) + 1
 
 
+def merge_tallies(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tallies of the stream generators as one. Open streams are sampled by each process at the same
+    moments (they start on the same "go"), so the samples are added position by position."""
+    merged: dict[str, Any] = asdict(Tally())
+    for part in parts:
+        for name, value in part.items():
+            if name == "held_samples":
+                continue
+            if isinstance(value, dict):
+                for key, n in value.items():
+                    merged[name][key] = merged[name].get(key, 0) + n
+            elif isinstance(value, list):
+                merged[name] = merged[name] + value
+            elif name in ("ramp_s", "steady_started", "steady_ended", "poll_send_s"):
+                merged[name] = max(merged[name], value)
+            else:
+                merged[name] += value
+    samples = [part["held_samples"] for part in parts]
+    length = min((len(s) for s in samples), default=0)
+    merged["held_samples"] = [sum(s[k] for s in samples) for k in range(length)]
+    merged["error_samples"] = merged["error_samples"][:10]
+    return merged
+
+
+class HttpError(Exception):
+    """An answer the generator could not read as HTTP/1.1."""
+
+
+def _head(raw: bytes) -> tuple[int, dict[str, str]]:
+    """The status and headers (names lower-cased) of a response head, without its blank line."""
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise HttpError(f"bad status line {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+def _request(host: str, path: str, key: str, accept: str = "application/json") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nAccept: {accept}\r\n\r\n"
+    ).encode()
+
+
+class EventStream(asyncio.Protocol):
+    """One subscriber's connection: sends its request, then parses the chunked answer as it arrives and
+    hands every complete event (the text between blank lines) to `on_event`.
+
+    `status` resolves with the answer's status; `ended` with None when the server ended the body (the
+    zero-size chunk), or with the error when the connection broke first."""
+
+    def __init__(self, request: bytes, on_event: Callable[[bytes], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.on_event = on_event
+        self.status: asyncio.Future[int] = loop.create_future()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._body = bytearray()  # the body's bytes not yet cut into events
+        self._in_body = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            self._parse()
+        except (HttpError, ValueError) as exc:
+            self._finish(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost settles the futures
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = exc or ConnectionResetError("the server closed the connection before the end of the body")
+        if not self.status.done():
+            self.status.set_exception(error)
+        if not self.ended.done():
+            self.ended.set_exception(error)
+        # Retrieved either way, so an unawaited failure is not logged as "never retrieved".
+        for future in (self.status, self.ended):
+            if not future.cancelled():
+                future.exception()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self, error: Exception | None) -> None:
+        if not self.ended.done():
+            if error is None:
+                self.ended.set_result(None)
+            else:
+                self.ended.set_exception(error)
+        self.close()
+
+    def _parse(self) -> None:
+        buffer = self._buffer
+        if not self._in_body:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status, headers = _head(bytes(buffer[:end]))
+            del buffer[: end + 4]
+            self._in_body = True
+            if not self.status.done():
+                self.status.set_result(status)
+            if status != 200:
+                self._finish(None)  # only the status counts
+                return
+            if headers.get("transfer-encoding", "").lower() != "chunked":
+                raise HttpError("an event stream must be chunked")
+        position = 0
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                break
+            size = int(buffer[position:line_end].split(b";", 1)[0], 16)
+            if size == 0:
+                self._cut_events()
+                self._finish(None)
+                return
+            chunk_end = line_end + 2 + size
+            if len(buffer) < chunk_end + 2:
+                break
+            self._body += buffer[line_end + 2 : chunk_end]
+            position = chunk_end + 2
+        del buffer[:position]
+        self._cut_events()
+
+    def _cut_events(self) -> None:
+        body = self._body
+        start = 0
+        while (cut := body.find(b"\n\n", start)) >= 0:
+            self.on_event(bytes(body[start:cut]))
+            start = cut + 2
+        del body[:start]
+
+
+class PollConnection:
+    """One keep-alive connection for the GETs: a request, then its whole answer (Content-Length)."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def get(self, request: bytes) -> int:
+        """The answer's status. A reused connection that the server closed before answering (its
+        keep-alive timeout) is replaced once, as any HTTP client does for a GET."""
+        for attempt in range(2):
+            reused = self._writer is not None
+            if self._reader is None or self._writer is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout_s
+                )
+                self._reader, self._writer = reader, writer
+            else:
+                reader, writer = self._reader, self._writer
+            try:
+                writer.write(request)
+                async with asyncio.timeout(self.timeout_s):
+                    status, headers = _head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+                    length = headers.get("content-length")
+                    if length is None or not length.isdigit():
+                        raise HttpError("an answer without Content-Length")
+                    await reader.readexactly(int(length))
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                self.close()
+                unanswered = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+                if reused and unanswered and attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                self.close()
+                raise
+            if headers.get("connection", "").lower() == "close":
+                self.close()
+            return status
+        raise AssertionError("unreachable")
+
+
 class Generator:
-    def __init__(self, plan: Plan, url: str, keys: list[str], admin_key: str, job_ids: list[str]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        url: str,
+        keys: list[str],
+        admin_key: str,
+        job_ids: list[str],
+        part: tuple[int, int] = (0, 1),
+    ) -> None:
         self.plan = plan
-        self.url = url
+        host_port = url.split("://", 1)[1].rstrip("/")
+        self.host_header = host_port
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
         self.keys = keys
         self.admin_key = admin_key
         self.job_ids = job_ids
+        # This process's subscribers: every `count`-th, from `index` (each process gets both kinds).
+        index, count = part
+        self.mine = range(index, plan.subscribers, count)
         self.tally = Tally()
         self.stopping = False  # set before the generator closes the tenant streams itself
-        self._opened = asyncio.Event()
-        self._answered = 0  # stream requests answered (200 or not, or failed)
 
-    def _headers(self, i: int) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[i % len(self.keys)]}"}
+    def _key(self, i: int) -> str:
+        return self.keys[i % len(self.keys)]
 
-    def _answer(self) -> None:
-        self._answered += 1
-        if self._answered >= self.plan.subscribers:
-            self._opened.set()
-
-    async def subscriber(self, client: httpx.AsyncClient, i: int) -> None:
+    def _on_event(self, per_job: bool) -> tuple[Callable[[bytes], None], Callable[[], bool]]:
+        """The handler of one stream's events, and whether it has seen its job's terminal event."""
         tally = self.tally
+        expected_seq = 1
+        terminal = False
+
+        def on_event(block: bytes) -> None:
+            nonlocal expected_seq, terminal
+            event_type = data = None
+            for line in block.split(b"\n"):
+                if line.startswith(b"id: ") and per_job:
+                    seq = int(line[4:])
+                    if seq != expected_seq:
+                        tally.sequence_gaps += 1
+                    expected_seq = seq + 1
+                elif line.startswith(b"event: "):
+                    event_type = line[7:]
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+            if data is None:
+                return  # a keep-alive comment
+            if event_type == b"resync":
+                tally.resyncs += 1
+            elif per_job:
+                tally.events_job += 1
+                if event_type == b"status":
+                    body = json.loads(data)
+                    if body["type"] == "status" and body["status"] in TERMINAL:
+                        terminal = True
+            else:
+                tally.events_tenant += 1
+
+        return on_event, lambda: terminal
+
+    async def subscriber(self, i: int, answered: asyncio.Future[None] | None = None) -> None:
+        tally = self.tally
+        loop = asyncio.get_running_loop()
         per_job = i >= self.plan.tenant_subscribers
         path = f"/api/v1/jobs/{self.job_ids[i % len(self.job_ids)]}/events" if per_job else "/api/v1/events"
-        answered = opened = terminal = False
-        expected_seq = 1
-        event_type = ""
+        on_event, saw_terminal = self._on_event(per_job)
+        stream = EventStream(_request(self.host_header, path, self._key(i), "text/event-stream"), on_event)
+        opened = False
         try:
-            async with client.stream("GET", path, headers=self._headers(i)) as response:
-                bump(tally.stream_status, str(response.status_code))
-                answered = True
-                self._answer()
-                if response.status_code != 200:
-                    return
-                opened = True
-                tally.streams_opened += 1
-                tally.stream_open += 1
-                tally.stream_open_max = max(tally.stream_open_max, tally.stream_open)
-                async for line in response.aiter_lines():
-                    if line.startswith("id: ") and per_job:
-                        if int(line[4:]) != expected_seq:
-                            tally.sequence_gaps += 1
-                        expected_seq = int(line[4:]) + 1
-                    elif line.startswith("event: "):
-                        event_type = line[7:]
-                    elif line.startswith("data: "):
-                        if event_type == "resync":
-                            tally.resyncs += 1
-                            continue
-                        if per_job:
-                            tally.events_job += 1
-                            data = json.loads(line[6:])
-                            if data["type"] == "status" and data["status"] in TERMINAL:
-                                terminal = True
-                        else:
-                            tally.events_tenant += 1
+            try:
+                await asyncio.wait_for(loop.create_connection(lambda: stream, self.host, self.port), 30)
+                status = await stream.status
+            finally:
+                if answered is not None:
+                    answered.set_result(None)
+            bump(tally.stream_status, status)
+            if status != 200:
+                return
+            opened = True
+            tally.streams_opened += 1
+            tally.stream_open += 1
+            tally.stream_open_max = max(tally.stream_open_max, tally.stream_open)
+            await stream.ended
             # The server ended the stream: right for a per-job stream after its terminal event only.
-            if per_job and terminal:
+            if per_job and saw_terminal():
                 tally.job_streams_finished += 1
             else:
                 tally.streams_dropped += 1
         except asyncio.CancelledError:
-            if not self.stopping:
+            if opened and not self.stopping:
                 tally.streams_dropped += 1
             raise
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (HttpError, OSError, ValueError, TimeoutError) as exc:
             bump(tally.stream_errors, type(exc).__name__)
             tally.sample(f"stream {i} ({'opened' if opened else 'opening'})", exc)
             if opened:
                 tally.streams_dropped += 1
-            if not answered:
-                self._answer()
         finally:
+            stream.close()
             if opened:
                 tally.stream_open -= 1
-
-    async def poll_once(self, client: httpx.AsyncClient, n: int, slots: asyncio.Semaphore) -> None:
-        job_id = self.job_ids[n % len(self.job_ids)]
-        # Latency counts from when the request was due, so time spent waiting for a free connection
-        # (because earlier requests are slow) is part of it: a slow server cannot hide behind a queue.
-        due = time.perf_counter()
-        async with slots:
-            try:
-                response = await client.get(f"/api/v1/jobs/{job_id}", headers=self._headers(n))
-            except httpx.HTTPError as exc:
-                bump(self.tally.poll_errors, type(exc).__name__)
-                self.tally.sample(f"GET {n}", exc)
-                return
-        self.tally.poll_latencies_ms.append((time.perf_counter() - due) * 1000)
-        bump(self.tally.poll_status, str(response.status_code))
-
-    async def poll(self, client: httpx.AsyncClient, until: float) -> None:
-        loop = asyncio.get_running_loop()
-        interval = 1 / self.plan.poll_rate
-        # Requests wait here, not in httpx's pool, whose queue costs O(waiting requests) per request.
-        slots = asyncio.Semaphore(self.plan.poll_connections)
-        due = loop.time()
-        requests: set[asyncio.Task[None]] = set()
-        n = 0
-        while due < until:
-            task = asyncio.create_task(self.poll_once(client, n, slots))
-            requests.add(task)
-            task.add_done_callback(requests.discard)
-            n += 1
-            due += interval
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        self.tally.polls_sent = n
-        self.tally.poll_send_s = loop.time() - (until - self.plan.duration_s)
-        if requests:
-            # A server that fell far behind is not waited for without end: what is still unanswered
-            # 30 s after the last request was due counts as an error.
-            _, late = await asyncio.wait(requests, timeout=30)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-            if late:
-                self.tally.poll_errors["unanswered 30 s after the run"] = len(late)
 
     async def watch_held(self) -> None:
         while True:
             self.tally.held_samples.append(self.tally.stream_open)
             await asyncio.sleep(1.0)
 
-    async def cancel_jobs(self, client: httpx.AsyncClient) -> None:
-        headers = {"Authorization": f"Bearer {self.admin_key}"}
-
-        async def cancel(job_id: str) -> None:
-            try:
-                response = await client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers)
-            except httpx.HTTPError as exc:
-                bump(self.tally.cancel_status, type(exc).__name__)
-                return
-            bump(self.tally.cancel_status, str(response.status_code))
-            if response.status_code in (200, 202):
-                self.tally.cancelled_jobs += 1
-
-        await asyncio.gather(*(cancel(job_id) for job_id in self.job_ids))
-
     async def hold_streams(self, commands: asyncio.StreamReader) -> Tally:
-        """Open every subscriber, say "ready" on stdout, hold them until "stop" arrives on stdin, then
-        cancel the jobs and wait for the per-job streams to end by themselves."""
-        plan = self.plan
+        """Open this process's subscribers and say "ready" on stdout; count the open ones once a second
+        from "go" on stdin until "stop", then wait for the per-job streams to end by themselves (the
+        orchestrator cancels the jobs)."""
         loop = asyncio.get_running_loop()
-        streams = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=httpx.Timeout(connect=30, read=None, write=30, pool=None),
-            limits=httpx.Limits(max_connections=plan.subscribers + 10, max_keepalive_connections=0),
-        )
-        control = httpx.AsyncClient(base_url=self.url, timeout=30)
-        async with streams, control:
-            ramp_started = loop.time()
-            subscribers: list[asyncio.Task[None]] = []
-            for i in range(plan.subscribers):
-                subscribers.append(asyncio.create_task(self.subscriber(streams, i)))
-                if i % 50 == 49:
-                    await asyncio.sleep(0)  # let the batch connect before creating more
-            await asyncio.wait_for(self._opened.wait(), 120)
-            self.tally.ramp_s = loop.time() - ramp_started
-            print(json.dumps({"ready": True}), flush=True)
-            watcher = asyncio.create_task(self.watch_held())
-            await commands.readline()  # "stop", or the end of stdin
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            # The end: every per-job stream must see its job's terminal event and be ended by the server.
-            await self.cancel_jobs(control)
-            job_streams = subscribers[plan.tenant_subscribers :]
-            if job_streams:
-                await asyncio.wait(job_streams, timeout=60)
-            self.stopping = True
-            for task in subscribers:
-                task.cancel()
-            await asyncio.gather(*subscribers, return_exceptions=True)
+        ramp_started = loop.time()
+        subscribers: list[asyncio.Task[None]] = []
+        answers: list[asyncio.Future[None]] = []
+        for n, i in enumerate(self.mine):
+            answers.append(loop.create_future())
+            subscribers.append(asyncio.create_task(self.subscriber(i, answers[-1])))
+            if n % 50 == 49:
+                await asyncio.sleep(0)  # let the batch connect before creating more
+        if answers:
+            await asyncio.wait_for(asyncio.gather(*answers), 120)
+        self.tally.ramp_s = loop.time() - ramp_started
+        print(json.dumps({"ready": True}), flush=True)
+        await commands.readline()  # "go"
+        watcher = asyncio.create_task(self.watch_held())
+        await commands.readline()  # "stop", or the end of stdin
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        # The end: every per-job stream must see its job's terminal event and be ended by the server.
+        tenant = self.plan.tenant_subscribers
+        job_streams = [task for i, task in zip(self.mine, subscribers, strict=True) if i >= tenant]
+        if job_streams:
+            await asyncio.wait(job_streams, timeout=60)
+        self.stopping = True
+        for task in subscribers:
+            task.cancel()
+        await asyncio.gather(*subscribers, return_exceptions=True)
         return self.tally
 
     async def poll_for(self, duration_s: float) -> Tally:
-        plan = self.plan
-        # Pooled connections expire before the server's keep-alive timeout (uvicorn: 5 s), so a request is
-        # never sent on a connection the server is closing at that moment.
-        polls = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=httpx.Timeout(10, pool=30),
-            limits=httpx.Limits(
-                max_connections=plan.poll_connections,
-                max_keepalive_connections=plan.poll_connections,
-                keepalive_expiry=2.0,
-            ),
-        )
-        async with polls:
-            loop = asyncio.get_running_loop()
-            self.tally.steady_started = time.time()
-            await self.poll(polls, loop.time() + duration_s)
-            self.tally.steady_ended = time.time()
-        return self.tally
+        """GET /jobs/{id} at `poll_rate` for `duration_s`, open loop, over `poll_connections` keep-alive
+        connections. A request's latency counts from when it was due by the schedule, so time spent
+        waiting for a free connection, or for this process, is part of it: nothing hides behind a queue."""
+        plan, tally = self.plan, self.tally
+        due: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+        interval = 1 / plan.poll_rate
+        pending = 0  # requests due and not yet answered (or failed)
+        all_done = asyncio.Event()
+        sending = True
+
+        async def connection() -> None:
+            nonlocal pending
+            conn = PollConnection(self.host, self.port, timeout_s=10)
+            try:
+                while True:
+                    n, due_at = await due.get()
+                    job_id = self.job_ids[n % len(self.job_ids)]
+                    request = _request(self.host_header, f"/api/v1/jobs/{job_id}", self._key(n))
+                    try:
+                        status = await conn.get(request)
+                    except (HttpError, OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+                        bump(tally.poll_errors, type(exc).__name__)
+                        tally.sample(f"GET {n}", exc)
+                    else:
+                        tally.poll_latencies_ms.append((time.perf_counter() - due_at) * 1000)
+                        bump(tally.poll_status, status)
+                    pending -= 1
+                    if not sending and pending == 0:
+                        all_done.set()
+            finally:
+                conn.close()
+
+        workers = [asyncio.create_task(connection()) for _ in range(plan.poll_connections)]
+        tally.steady_started = time.time()
+        started = time.perf_counter()
+        count = round(plan.poll_rate * duration_s)
+        n = 0
+        while n < count:
+            now = time.perf_counter()
+            # Everything due by now is queued with the time it was due (a late wake-up sends a burst).
+            while n < count and started + n * interval <= now:
+                pending += 1
+                due.put_nowait((n, started + n * interval))
+                n += 1
+            if n < count:
+                await asyncio.sleep(max(0.0, started + n * interval - time.perf_counter()))
+        tally.polls_sent = n
+        tally.poll_send_s = time.perf_counter() - started
+        sending = False
+        if pending:
+            # A server that fell far behind is not waited for without end: what is still unanswered
+            # 30 s after the last request was due counts as an error.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await all_done.wait()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if pending:
+            tally.poll_errors["unanswered 30 s after the run"] = pending
+        tally.steady_ended = time.time()
+        return tally
 
 
 async def _stdin_reader() -> asyncio.StreamReader:
@@ -319,13 +536,16 @@ async def _stdin_reader() -> asyncio.StreamReader:
     return reader
 
 
-def generate_main(role: str) -> None:
-    """One generator process: `streams` (the subscribers) or `poll` (the GETs), so that parsing a
-    thousand event streams never delays a GET that is due, nor its latency measurement."""
+def generate_main(role: str, part: str = "0/1") -> None:
+    """One generator process: `streams` (its share `index/count` of the subscribers) or `poll` (the GETs),
+    so that parsing a thousand event streams never delays a GET that is due, nor its measurement."""
     raise_open_files_limit()
     request = json.loads(sys.stdin.readline())
     plan = Plan(**request["plan"])
-    generator = Generator(plan, request["url"], request["keys"], request["admin_key"], request["job_ids"])
+    index, count = (int(x) for x in part.split("/"))
+    generator = Generator(
+        plan, request["url"], request["keys"], request["admin_key"], request["job_ids"], (index, count)
+    )
 
     async def main() -> Tally:
         if role == "streams":
@@ -414,9 +634,9 @@ def _submit_jobs(url: str, key: str, plan: Plan) -> list[str]:
     return ids
 
 
-def _generator(role: str) -> subprocess.Popen[str]:
+def _generator(role: str, part: str = "0/1") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "chaos.load", "generate", role],
+        [sys.executable, "-m", "chaos.load", "generate", role, part],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -426,16 +646,40 @@ def _generator(role: str) -> subprocess.Popen[str]:
     )
 
 
+def _cancel_jobs(url: str, admin_key: str, job_ids: list[str]) -> tuple[int, dict[str, int]]:
+    """Cancel the load's jobs, which must end every per-job stream: (jobs cancelled, answers)."""
+    answers: dict[str, int] = {}
+    cancelled = 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30) as client:
+        for job_id in job_ids:
+            try:
+                response = client.post(f"/api/v1/jobs/{job_id}/cancel")
+            except httpx.HTTPError as exc:
+                bump(answers, type(exc).__name__)
+                continue
+            bump(answers, response.status_code)
+            cancelled += response.status_code in (200, 202)
+    return cancelled, answers
+
+
 def _drive(request: dict[str, Any], plan: Plan) -> dict[str, Any] | str:
-    """Run the two generator processes; their merged tally, or what went wrong."""
-    streams = _generator("streams")
-    assert streams.stdin is not None and streams.stdout is not None
+    """Run the generator processes (`plan.stream_processes` holding the subscribers, one polling);
+    their merged tally, or what went wrong."""
+    count = plan.stream_processes
+    streams = [_generator("streams", f"{index}/{count}") for index in range(count)]
     try:
-        streams.stdin.write(json.dumps(request) + "\n")
-        streams.stdin.flush()
-        ready = streams.stdout.readline()  # blocks until every subscriber has its answer
-        if not ready:
-            return "the stream generator failed: " + streams.communicate(timeout=30)[1][-500:]
+        for proc in streams:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+        for proc in streams:
+            assert proc.stdout is not None
+            if not proc.stdout.readline():  # blocks until each of its subscribers has its answer
+                return "a stream generator failed: " + proc.communicate(timeout=30)[1][-500:]
+        for proc in streams:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         poller = _generator("poll")
         try:
             out, err = poller.communicate(json.dumps(request) + "\n", timeout=plan.duration_s + 300)
@@ -446,14 +690,25 @@ def _drive(request: dict[str, Any], plan: Plan) -> dict[str, Any] | str:
         if poller.returncode != 0:
             return "the poll generator failed: " + err[-500:]
         polled = json.loads(out)
-        out, err = streams.communicate("stop\n", timeout=180)
-        if streams.returncode != 0:
-            return "the stream generator failed: " + err[-500:]
+        for proc in streams:
+            assert proc.stdin is not None
+            proc.stdin.write("stop\n")
+            proc.stdin.flush()
+        # The end: every per-job stream must now see its job's terminal event and be ended by the server.
+        cancelled, cancel_status = _cancel_jobs(request["url"], request["admin_key"], request["job_ids"])
+        parts = []
+        for proc in streams:
+            out, err = proc.communicate(timeout=180)
+            if proc.returncode != 0:
+                return "a stream generator failed: " + err[-500:]
+            parts.append(json.loads(out))
     finally:
-        if streams.poll() is None:
-            streams.kill()
-            streams.wait()
-    held = json.loads(out)
+        for proc in streams:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    held = merge_tallies(parts)
+    held["cancelled_jobs"], held["cancel_status"] = cancelled, cancel_status
     poll_fields = ("poll_status", "poll_errors", "poll_latencies_ms", "polls_sent", "poll_send_s")
     held.update({name: polled[name] for name in (*poll_fields, "steady_started", "steady_ended")})
     held["error_samples"] += polled["error_samples"]
@@ -630,8 +885,10 @@ def _judge(
         f"(allowed {allowed_growth / MIB:.0f} MiB); {len(steady)} samples",
     )
     section.notes.append(
-        "One `jobmill serve` (SQLite, embedded worker running `demo.sleep` jobs) and the load generator "
-        "(asyncio + httpx, its own process) share the machine's cores; latencies include that contention."
+        "One `jobmill serve` (SQLite, embedded worker running `demo.sleep` jobs) and the load generators "
+        f"({plan.stream_processes} processes holding the subscribers, one polling; asyncio with a minimal "
+        "HTTP/1.1 client) share the machine's cores; latencies include that contention, and count from "
+        "when each GET was due."
     )
     section.notes.append(
         f"Rate limits were set per principal for the run; the load is spread over {plan.keys} user keys."
@@ -640,7 +897,7 @@ def _judge(
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["generate"]:
-        generate_main(argv[1])
+        generate_main(argv[1], *argv[2:3])
         return 0
     section = run(short="--short" in argv)
     from chaos.report import render
