@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from jobmill.domain.job import Job, JobStatus, JsonObject
-from jobmill.errors import JobmillError, StoreError, StoreUnavailable
+from jobmill.errors import JobmillError, StoreContention, StoreError, StoreUnavailable
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.metrics import WORKER_METRICS, WorkerTallies
 from jobmill.service import JobService, error_info
@@ -56,6 +56,8 @@ COMPLETION_BATCH = 200
 FLUSH_RETRY_S = (0.05, 0.25, 1.0)
 # A busy worker waits this long for more free slots before claiming, to claim several jobs at once.
 CLAIM_COALESCE_S = 0.002
+# Claims a worker keeps in flight at once (each for its own share of the free slots).
+CLAIMS_IN_FLIGHT = 3
 # An idle SQLite worker checks this often whether another process committed (new work, a cancel).
 CHANGE_POLL_S = 0.005
 
@@ -132,6 +134,10 @@ class Worker:
         self._started = False
         self._change_counter: int | None = None
         self._workdir_root = os.fspath(self.config.workdir_root)
+        self._reserved = 0  # slots promised to claims in flight
+        self._claims: set[asyncio.Task[None]] = set()  # the claims in flight
+        self._drained_check = False
+        self._queues_empty = False  # the last claim to return found fewer jobs than it asked for
         self._tallies = WorkerTallies()
         WORKER_METRICS.track(self._tallies)
 
@@ -232,40 +238,74 @@ class Worker:
         return self.stats
 
     async def _claim_loop(self, job_tasks: set[asyncio.Task[None]]) -> None:
+        """Claim jobs for free slots until stopped (or, in burst mode, until the queues are empty).
+
+        Up to CLAIMS_IN_FLIGHT claims run at once, each for its own share of the free slots: a claim's
+        time is mostly the database's commit (an fsync), so overlapping them multiplies what one worker
+        can take in, while each claim still serves many jobs with one commit.
+        """
         assert self._wake is not None and self._stopping is not None
         low_water = max(1, min(self.config.claim_batch, self.config.concurrency // 4))
+        in_flight = self._claims
         while not self._stopping.is_set():
-            free = self.config.concurrency - len(self._running)
-            if 0 < free < low_water and self._running:
+            free = self._free_slots()
+            if 0 < free < low_water and (self._running or in_flight):
                 # Busy: let a few more slots free up, so that one claim (one commit) serves several
                 # jobs. An idle worker claims at once, so pickup latency is not affected.
                 await asyncio.sleep(CLAIM_COALESCE_S)
-                free = self.config.concurrency - len(self._running)
-            claimed: list[Job] = []
+                free = self._free_slots()
             # Cleared on every round, even with no free slot: a wake-up that came while all slots were
             # busy (a new_job notification, a recovered lease) would otherwise stay set, and waiting on
             # a set event returns without yielding: the loop would spin and starve every job and timer.
-            # A slot that frees sets it again, so nothing is missed.
+            # A slot that frees, or a claim that returns, sets it again, so nothing is missed.
             self._wake.clear()
-            if free > 0:
-                try:
-                    claimed = await self._db(
-                        self.service.claim,
-                        self.worker_id,
-                        self.config.queues,
-                        min(free, self.config.claim_batch),
-                    )
-                except StoreError as exc:
-                    log.warning("claim failed, retrying: %s", exc)
-                    await self._sleep_or_wake(self.config.poll_interval_s * 4)
-                    continue
-                for job in claimed:
-                    self._start(job, job_tasks)
-                if claimed and len(claimed) == min(free, self.config.claim_batch):
-                    continue  # there may be more work right now
-            if self.config.burst and not claimed and not self._running:
+            if free > 0 and len(in_flight) < CLAIMS_IN_FLIGHT and not self._queues_empty:
+                count = min(free, self.config.claim_batch)
+                self._reserved += count
+                in_flight.add(asyncio.create_task(self._claim(count, job_tasks)))
+                continue  # room for another claim beside it?
+            if self.config.burst and self._queues_empty and not in_flight and not self._running:
                 return
             await self._sleep_or_wake(self.config.poll_interval_s)
+            if self._drained_check:
+                self._drained_check = False  # woken by a short claim of a draining worker: decide first
+            elif not in_flight:
+                # Woken (a notification, a free slot) or the poll interval passed: look again, once.
+                self._queues_empty = False
+        if in_flight:
+            await asyncio.gather(*in_flight)  # their jobs have started: shutdown handles them like the rest
+
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self._running) - self._reserved
+
+    async def _claim(self, count: int, job_tasks: set[asyncio.Task[None]]) -> None:
+        """One claim of up to `count` jobs for slots reserved by the claim loop."""
+        assert self._wake is not None
+        try:
+            try:
+                claimed = await self._db(self.service.claim, self.worker_id, self.config.queues, count)
+            except StoreError as exc:
+                log.warning("claim failed, retrying: %s", exc)
+                # The reservation is held meanwhile, which keeps this worker from hammering a database
+                # that is away.
+                await asyncio.sleep(self.config.poll_interval_s * 4)
+                self._wake.set()
+                return
+            # Fewer than asked: the queues were empty a moment ago (burst mode stops on that, once
+            # nothing else is in flight or running).
+            self._queues_empty = len(claimed) < count
+            for job in claimed:
+                self._start(job, job_tasks)
+            if not self._queues_empty:
+                self._wake.set()  # more work is likely (a full batch): claim again now
+            elif self.config.burst:
+                self._drained_check = True  # a draining worker may be done: let the loop decide now
+                self._wake.set()
+            # (After a short claim, a serving worker waits for news instead of asking again at once.)
+        finally:
+            self._reserved -= count
+            # Removed here, not by a done callback: the loop, woken above, must see it gone.
+            self._claims.discard(asyncio.current_task())
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         """Wait for a wake-up (a notification, a free slot) or `seconds`; on a backend without
@@ -555,13 +595,14 @@ class Worker:
                 self._spawn(self._settle_not_completed(running, run_s))
 
     async def _write_completions(self, completions: list[Completion]) -> set[UUID]:
-        """The batch write, retried while the database is briefly away (a restart, a dropped connection):
-        safe, because each row is written only under its current lease. If it still fails, the jobs stay
-        running under leases nobody renews; they expire and the jobs run again."""
+        """The batch write, retried while the database is briefly away (a restart, a dropped connection)
+        or after losing a deadlock (with a heartbeat of the same rows). Safe: each row is written only
+        under its current lease. If it still fails, the jobs stay running under leases nobody renews;
+        they expire and the jobs run again."""
         for delay in (*FLUSH_RETRY_S, None):
             try:
                 return set(await self._db(self.service.complete_many, completions))
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreContention) as exc:
                 if delay is None:
                     log.warning("writing %d completions failed: %s", len(completions), exc)
                     return set()
