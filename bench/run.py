@@ -1,9 +1,12 @@
-"""jobmill engine benchmarks: drain throughput, pickup latency, cancel -> process tree dead.
+"""jobmill benchmarks: drain throughput, pickup latency, cancel -> process tree dead (jobmill and its
+peers), the HTTP API against a bare FastAPI endpoint, worker memory, and queue position at a deep queue.
 
-    python -m bench.run [--quick] [--rounds N] [--backends sqlite,postgres]
+    python -m bench.run [--quick] [--rounds N] [--backends sqlite,postgres] [--peers celery,rq,...]
+        [--scenarios drain,pickup,cancel,http,memory,deep] [--jobs 20000] [--deep-pending 1000000]
 
-Each scenario runs every backend in turn, `--rounds` times; the median and the min-max go to
-bench/results/latest.json and latest.md, with the machine and the date.
+Each scenario runs every system in turn, `--rounds` times; the median and the min-max go to
+bench/results/latest.json and latest.md, with the machine and the date, and bench/charts.py draws the
+PNG charts beside them.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +30,8 @@ from typing import Any
 import psycopg
 
 import bench.handlers  # noqa: F401  (registers the bench kinds)
+from bench import charts, http_load, memory
+from bench.http_load import PYTHONPATH
 from jobmill.domain.job import JobStatus
 from jobmill.handlers import default_registry
 from jobmill.service import JobService, SubmitRequest
@@ -62,7 +67,7 @@ def start_worker(url: str, workdir: str, *args: str) -> subprocess.Popen[bytes]:
         **os.environ,
         "JOBMILL_DATABASE_URL": url,
         "JOBMILL_WORKDIR_ROOT": workdir,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": PYTHONPATH,
     }
     return subprocess.Popen(
         [
@@ -90,32 +95,154 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         time.sleep(interval)
 
 
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(command: str) -> float:
+    """CPU time so far of every process whose command name is `command` ("redis-server"): user +
+    system, plus what each has reaped. Server-wide: anything else using that server counts too."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if raw[raw.index("(") + 1 : raw.rindex(")")] != command:
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
+class BackendCpu(threading.Thread):
+    """CPU of the PostgreSQL backends that serve databases whose name starts with `prefix`, from /proc.
+
+    A backend's CPU is read every `interval` (so one that exits loses at most that much), and /proc is
+    scanned for new backends every `rescan`; backends of other databases (other users of a shared
+    server) and the server's own background processes are left out. Use as a context manager; `seconds`
+    is the total afterwards."""
+
+    def __init__(self, prefix: str, interval: float = 0.02, rescan: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.prefix = prefix
+        self.interval = interval
+        self.rescan = rescan
+        self.ignored: set[int] = set()
+        self.tracked: dict[int, tuple[str, int, int]] = {}  # pid -> (start time, first CPU, last CPU)
+        self.stopping = threading.Event()
+        self.first_scan = True
+        self.seconds = 0.0
+
+    @staticmethod
+    def _stat(pid: int) -> tuple[str, int] | None:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return fields[19], int(fields[11]) + int(fields[12])
+
+    def _scan(self) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in self.ignored or int(entry) in self.tracked:
+                continue
+            pid = int(entry)
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split()
+            except OSError:
+                continue
+            # A backend's title: "postgres: 15/main: USER DATABASE HOST(PORT) STATE"
+            if title[:1] == ["postgres:"] and any(t.startswith(self.prefix) for t in title[1:5]):
+                if (stat := self._stat(pid)) is not None:
+                    self.tracked[pid] = (stat[0], stat[1] if self.first_scan else 0, stat[1])
+            else:
+                self.ignored.add(pid)
+        self.first_scan = False
+
+    def _sample(self) -> None:
+        for pid, (start, first, _) in list(self.tracked.items()):
+            stat = self._stat(pid)
+            if stat is not None and stat[0] == start:
+                self.tracked[pid] = (start, first, stat[1])
+
+    def run(self) -> None:
+        next_scan = 0.0
+        while True:
+            if time.monotonic() >= next_scan:
+                self._scan()
+                next_scan = time.monotonic() + self.rescan
+            self._sample()
+            if self.stopping.wait(self.interval):
+                break
+        self._scan()
+        self._sample()
+
+    def __enter__(self) -> BackendCpu:
+        self._scan()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.join()
+        ticks = sum(last - first for _, first, last in self.tracked.values())
+        self.seconds = ticks / CLOCK_TICKS
+
+
+def wait_workers(procs: list[subprocess.Popen[bytes]], timeout: float) -> float:
+    """Wait for every worker to exit; the CPU seconds of their whole process trees.
+
+    os.wait4 gives one child's rusage: its own and that of every descendant it reaped, which is the
+    whole tree (jobmill's workers reap what they start; a no-op job starts nothing anyway)."""
+    deadline = time.monotonic() + timeout
+    cpu = 0.0
+    left = list(procs)
+    try:
+        while left:
+            for proc in list(left):
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid == 0:
+                    continue
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                left.remove(proc)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"a benchmark worker failed ({proc.returncode})")
+                cpu += usage.ru_utime + usage.ru_stime
+            if left and time.monotonic() > deadline:
+                raise TimeoutError("the benchmark workers did not finish")
+            time.sleep(0.001)
+    finally:
+        for proc in left:  # on an error: no worker outlives the round
+            proc.kill()
+            proc.wait()
+    return cpu
 
 
 def drain(backend: str, jobs: int, workers: int, concurrency: int) -> dict[str, float]:
-    with database(backend) as url, tempfile.TemporaryDirectory() as workdir:
+    with (
+        BackendCpu("jobmill_bench_") as db_cpu,
+        database(backend) as url,
+        tempfile.TemporaryDirectory() as workdir,
+    ):
         store = open_store(url)
         service = JobService(store, registry=default_registry)
         for start in range(0, jobs, 1000):
             service.submit_many([SubmitRequest(kind="bench.noop") for _ in range(min(1000, jobs - start))])
-        cpu_before = children_cpu_s()
         started = time.monotonic()
         procs = [
             start_worker(url, workdir, "--burst", "--concurrency", str(concurrency)) for _ in range(workers)
         ]
-        for proc in procs:
-            if proc.wait(600) != 0:
-                raise RuntimeError("a benchmark worker failed")
+        cpu = wait_workers(procs, 600)
         elapsed = time.monotonic() - started
-        cpu = children_cpu_s() - cpu_before
         done = len(service.list_jobs(JobListParams(statuses=[JobStatus.COMPLETED], limit=jobs + 1)))
         store.close()
     if done != jobs:
         raise RuntimeError(f"only {done} of {jobs} jobs completed")
-    return {"jobs_per_s": jobs / elapsed, "seconds": elapsed, "worker_cpu_s_per_1000": 1000 * cpu / jobs}
+    figures = {"jobs_per_s": jobs / elapsed, "seconds": elapsed, "worker_cpu_s_per_1000": 1000 * cpu / jobs}
+    if backend == "postgres":
+        figures["pg_cpu_s_per_1000"] = 1000 * db_cpu.seconds / jobs
+    return figures
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -203,6 +330,23 @@ def peer(system: str, scenario: str, *args: str) -> dict[str, Any]:
     return figures
 
 
+def peer_drain(system: str, jobs: int, concurrency: int) -> dict[str, Any]:
+    """A peer's drain, charged with the CPU of its queue's server as jobmill is with PostgreSQL's:
+    procrastinate's database backends; for the Redis-based peers, the whole Redis server (one process,
+    shared with whatever else uses it)."""
+    if system == "procrastinate":
+        with BackendCpu("peers_procrastinate_") as backends:
+            figures = peer(system, "drain", "--jobs", str(jobs), "--concurrency", str(concurrency))
+        if "error" not in figures:
+            figures["pg_cpu_s_per_1000"] = 1000 * backends.seconds / jobs
+        return figures
+    before = server_cpu_s("redis-server")
+    figures = peer(system, "drain", "--jobs", str(jobs), "--concurrency", str(concurrency))
+    if "error" not in figures:
+        figures["redis_cpu_s_per_1000"] = 1000 * (server_cpu_s("redis-server") - before) / jobs
+    return figures
+
+
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and min-max of each numeric figure; other values (a peer's "cannot", an error) as they are."""
     summary: dict[str, Any] = {}
@@ -216,18 +360,114 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def main() -> None:
+def deep_queue(backend: str, pending: int, samples: int) -> dict[str, Any]:
+    """bench/deep_queue.py's figures on a fresh PostgreSQL database (queue position at a deep queue)."""
+    from bench import deep_queue as module  # type: ignore[attr-defined,unused-ignore]
+
+    with database(backend) as url:
+        figures: dict[str, Any] = module.run(url, pending=pending, samples=samples)
+    return figures
+
+
+def deep_queue_missing() -> str | None:
+    """Why the deep-queue scenario cannot run, or None."""
+    try:
+        from bench import deep_queue as module  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return "deep queue: skipped, bench/deep_queue.py is not there yet"
+    if not callable(getattr(module, "run", None)):
+        return "deep queue: skipped, bench/deep_queue.py has no run(database_url, pending, samples)"
+    return None
+
+
+def http_round(backends: list[str], load: http_load.Load, ids: int, bulk: int) -> dict[str, dict[str, Any]]:
+    """One round of the HTTP scenario: the bare endpoint first, then jobmill on each backend; the ratio
+    GET / bare is taken within the round."""
+    by_system: dict[str, dict[str, Any]] = {}
+
+    def ours(backend: str) -> dict[str, Any]:
+        with database(backend) as url, tempfile.TemporaryDirectory() as folder:
+            return http_load.jobmill_api(url, load, Path(folder), ids=ids, bulk_jobs=bulk)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ceiling = attempt(lambda: http_load.bare(load, Path(tmp)))
+    by_system["bare FastAPI (ceiling)"] = ceiling
+    for backend in backends:
+        figures = attempt(lambda b=backend: ours(b))  # type: ignore[misc]
+        if "get_rps" in figures and "get_rps" in ceiling:
+            figures["get_vs_bare_pct"] = 100 * figures["get_rps"] / ceiling["get_rps"]
+        by_system[f"jobmill-{backend}"] = figures
+    return by_system
+
+
+def attempt(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One round of one system; a round that fails is recorded as its error, and the run goes on (on a
+    shared machine, someone may restart the database under it)."""
+    try:
+        return measure()
+    except Exception as exc:
+        print(f"  round failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether src/ differed from it (read-only git; outside a clone, the
+    JOBMILL_BENCH_COMMIT environment variable names it)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": os.environ.get("JOBMILL_BENCH_COMMIT", "unknown"), "src_modified": None}
+    return {"commit": commit, "src_modified": bool(changed)}
+
+
+SCENARIOS = ("drain", "pickup", "cancel", "http", "memory", "deep")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the scripts work")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; empty for none")
-    parser.add_argument("--jobs", type=int, default=20_000)
-    args = parser.parse_args()
-    backends = args.backends.split(",")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    parser.add_argument("--jobs", type=int, default=20_000, help="drain: no-op jobs (20000)")
+    parser.add_argument("--http-duration", type=float, default=20, help="seconds of load per HTTP figure")
+    parser.add_argument("--http-clients", type=int, default=64)
+    parser.add_argument("--memory-jobs", type=int, default=100_000, help="memory: no-op jobs (100000)")
+    parser.add_argument("--deep-pending", type=int, default=1_000_000, help="deep queue: pending jobs")
+    parser.add_argument("--deep-samples", type=int, default=500, help="deep queue: positions sampled")
+    parser.add_argument("--no-charts", action="store_true")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="merge into the existing latest.json: replace only the (scenario, system) figures measured now,"
+        " e.g. to redo the ones a round failed on",
+    )
+    args = parser.parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    chosen = [s for s in args.scenarios.split(",") if s]
+    if unknown := set(chosen) - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
     peers = [p for p in args.peers.split(",") if p] if PEER_PYTHON.exists() else []
-    jobs, pickups, cancels, rounds = (300, 10, 3, 1) if args.quick else (args.jobs, 200, 30, args.rounds)
+    if args.quick:
+        jobs, pickups, cancels, rounds = 300, 10, 3, 1
+        load = http_load.Load(clients=4, duration=0.5, warmup=0.1)
+        http_ids, bulk_jobs, memory_jobs, deep_pending, deep_samples = 20, 300, 200, 2_000, 20
+    else:
+        jobs, pickups, cancels, rounds = args.jobs, 200, 30, args.rounds
+        load = http_load.Load(clients=args.http_clients, duration=args.http_duration, warmup=2.0)
+        http_ids, bulk_jobs, memory_jobs = 1000, 20_000, args.memory_jobs
+        deep_pending, deep_samples = args.deep_pending, args.deep_samples
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -235,52 +475,138 @@ def main() -> None:
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(),
         },
+        "code": code_version(),
         "rounds": rounds,
+        "quick": args.quick,
+        "ids": {},
         "scenarios": {},
+        "notes": [],
     }
+
+    def record(key: str, name: str, system: str, measured: list[dict[str, Any]]) -> None:
+        results["ids"][key] = name
+        results["scenarios"].setdefault(name, {})[system] = summarise(measured)
+        print(f"{name} [{system}]: {json.dumps(results['scenarios'][name][system])}", flush=True)
+
     peer_cancels = min(cancels, 5)  # a peer that never kills the tree waits 10 s per try
-    scenarios: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[str], dict[str, Any]]]] = {
-        f"drain {jobs} no-op jobs, total concurrency 4": (
+    Run = Callable[[str], dict[str, Any]]
+    scenarios: dict[str, tuple[str, Run, Run]] = {
+        "drain": (
+            f"drain {jobs} no-op jobs, total concurrency 4",
             lambda b: drain(b, jobs, 2, 2),
-            lambda p: peer(p, "drain", "--jobs", str(jobs), "--concurrency", "4"),
+            lambda p: peer_drain(p, jobs, 4),
         ),
-        f"pickup latency ({pickups} jobs, one at a time)": (
+        "pickup": (
+            f"pickup latency ({pickups} jobs, one at a time)",
             lambda b: pickup(b, pickups),
             lambda p: peer(p, "pickup", "--count", str(pickups), "--concurrency", "4"),
         ),
-        "cancel -> process tree dead (child with a grandchild)": (
+        "cancel": (
+            "cancel -> process tree dead (child with a grandchild)",
             lambda b: cancel(b, cancels),
             lambda p: peer(p, "cancel", "--count", str(peer_cancels)),
         ),
     }
-    for name, (ours, theirs) in scenarios.items():
+    for key, (name, ours, theirs) in scenarios.items():
+        if key not in chosen:
+            continue
         systems = [(f"jobmill-{b}", lambda b=b, ours=ours: ours(b)) for b in backends]  # type: ignore[misc]
         systems += [(p, lambda p=p, theirs=theirs: theirs(p)) for p in peers]  # type: ignore[misc]
         for system, run in systems:
-            measured = [run() for _ in range(rounds)]
-            results["scenarios"].setdefault(name, {})[system] = summarise(measured)
-            print(f"{name} [{system}]: {json.dumps(results['scenarios'][name][system])}", flush=True)
-    name = f"drain {jobs} no-op jobs, jobmill 2 workers x 50 (its own setting)"
-    for backend in backends:
-        measured = [drain(backend, jobs, 2, 50) for _ in range(rounds)]
-        results["scenarios"].setdefault(name, {})[f"jobmill-{backend}"] = summarise(measured)
-        print(
-            f"{name} [{backend}]: {json.dumps(results['scenarios'][name][f'jobmill-{backend}'])}", flush=True
+            record(key, name, system, [attempt(run) for _ in range(rounds)])
+    if "drain" in chosen:
+        results["notes"].append(
+            "drain: worker_cpu_s_per_1000 is the CPU of the worker processes and everything below them"
+            " (jobmill: os.wait4 of each burst worker; peers: their process trees). pg_cpu_s_per_1000 is"
+            " the CPU of the PostgreSQL backends serving the round's own database, redis_cpu_s_per_1000"
+            " that of the whole Redis server (shared with anything else using it), both over the whole"
+            " round (make the store, enqueue, drain, drop), per 1,000 jobs."
         )
+        name = f"drain {jobs} no-op jobs, jobmill 2 workers x 50 (its own setting)"
+        for backend in backends:
+            record(
+                "drain_own",
+                name,
+                f"jobmill-{backend}",
+                [attempt(lambda b=backend: drain(b, jobs, 2, 50)) for _ in range(rounds)],
+            )
+    if "http" in chosen and backends:
+        name = (
+            f"HTTP API, {load.clients} clients x {load.duration:g} s: GET /jobs/{{id}} (completed; pending),"
+            " POST /jobs, bulk submit"
+        )
+        measured_rounds = [http_round(backends, load, http_ids, bulk_jobs) for _ in range(rounds)]
+        for system in measured_rounds[0]:
+            record("http", name, system, [r[system] for r in measured_rounds])
+        results["notes"].append(
+            "HTTP: `jobmill serve --no-worker` with the rate limit raised out of the way; the bare"
+            " endpoint is FastAPI returning a constant job-sized JSON under the same uvicorn settings."
+            " The load generator is bench/http_load.py in its own process (one keep-alive connection per"
+            " client) and shares the cores with the server. The API has no bulk endpoint (DESIGN §4):"
+            f" bulk_jobs_per_s is JobService.submit_many, 1000 jobs a call, {bulk_jobs} jobs, in-process."
+        )
+    if "memory" in chosen:
+        name = (
+            f"worker RSS (MB), idle and after {memory_jobs // 2} / {memory_jobs} no-op jobs, concurrency 50"
+        )
+        for backend in backends:
+            measured = []
+            for _ in range(rounds):
+
+                def one(backend: str = backend) -> dict[str, Any]:
+                    with database(backend) as url:
+                        return memory.run(url, memory_jobs, 50)
+
+                measured.append(attempt(one))
+            record("memory", name, f"jobmill-{backend}", measured)
+    if "deep" in chosen:
+        name = f"deep queue: {deep_pending} pending jobs, {deep_samples} samples"
+        if "postgres" not in backends:
+            results["notes"].append("deep queue: skipped, it runs on PostgreSQL (not in --backends)")
+        elif why := deep_queue_missing():
+            results["notes"].append(why)
+        else:
+            measured = [
+                attempt(lambda: deep_queue("postgres", deep_pending, deep_samples)) for _ in range(rounds)
+            ]
+            record("deep", name, "jobmill-postgres", measured)
+    for note in results["notes"]:
+        print(note, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update and (out / "latest.json").exists():
+        results = merged(json.loads((out / "latest.json").read_text()), results)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "latest.md").write_text(markdown(results))
     print(f"wrote {out / 'latest.md'}")
+    if not args.no_charts:
+        for path in charts.draw(results, out):
+            print(f"wrote {path}")
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the figures of `new` put over it, system by system; the date and machine of `new`."""
+    result = {**old, **{k: new[k] for k in ("date", "machine", "code")}}
+    result["ids"] = {**old.get("ids", {}), **new["ids"]}
+    scenarios = {name: dict(systems) for name, systems in old.get("scenarios", {}).items()}
+    for name, systems in new["scenarios"].items():
+        scenarios.setdefault(name, {}).update(systems)
+    result["scenarios"] = scenarios
+    result["notes"] = list(dict.fromkeys([*old.get("notes", []), *new["notes"]]))
+    result["updated"] = [*old.get("updated", []), new["date"]]
+    return result
 
 
 def markdown(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
-        f"# jobmill engine benchmarks ({results['date']})",
+        f"# jobmill benchmarks ({results['date']})",
         "",
         f"{machine['cores']} cores, {machine['memory_gib']} GiB, Python {machine['python']}; "
-        f"median of {results['rounds']} rounds (min-max).",
+        f"jobmill {results['code']['commit']}"
+        + (" with uncommitted changes in src/" if results["code"]["src_modified"] else "")
+        + f"; median of {results['rounds']} rounds (min-max)"
+        + (", quick mode (tiny sizes)." if results.get("quick") else "."),
         "",
         "| scenario | system | figure | median | min-max |",
         "| --- | --- | --- | --- | --- |",
@@ -288,11 +614,18 @@ def markdown(results: dict[str, Any]) -> str:
     for name, by_backend in results["scenarios"].items():
         for backend, figures in by_backend.items():
             for figure, stats in figures.items():
-                if isinstance(stats, dict):
+                if isinstance(stats, dict) and "median" in stats:
                     spread = f"{stats['min']:.2f}-{stats['max']:.2f}"
                     lines.append(f"| {name} | {backend} | {figure} | {stats['median']:.2f} | {spread} |")
                 else:
                     lines.append(f"| {name} | {backend} | {figure} | {stats} | |")
+    if results.get("updated"):
+        lines += [
+            "",
+            f"Some figures were measured again and merged in (--update) on {', '.join(results['updated'])}.",
+        ]
+    if results.get("notes"):
+        lines += ["", *[f"- {note}" for note in results["notes"]]]
     return "\n".join(lines) + "\n"
 
 
