@@ -137,6 +137,7 @@ class Worker:
         self._reserved = 0  # slots promised to claims in flight
         self._claims: set[asyncio.Task[None]] = set()  # the claims in flight
         self._drained_check = False
+        self._claims_max = CLAIMS_IN_FLIGHT
         self._queues_empty = False  # the last claim to return found fewer jobs than it asked for
         self._tallies = WorkerTallies()
         WORKER_METRICS.track(self._tallies)
@@ -209,6 +210,9 @@ class Worker:
             self.service.store.notification_subscribe, self._on_notification
         )
         self._change_counter = await self._db(self.service.store.change_counter)
+        # A store with a change counter (SQLite) has one writer at a time: overlapping claims would only
+        # queue on its lock, across processes too, and that contention costs more than it saves.
+        self._claims_max = 1 if self._change_counter is not None else CLAIMS_IN_FLIGHT
         try:
             swept = await self._db(self._sweep_workdirs)
             if swept:
@@ -259,7 +263,7 @@ class Worker:
             # a set event returns without yielding: the loop would spin and starve every job and timer.
             # A slot that frees, or a claim that returns, sets it again, so nothing is missed.
             self._wake.clear()
-            if free > 0 and len(in_flight) < CLAIMS_IN_FLIGHT and not self._queues_empty:
+            if free > 0 and len(in_flight) < self._claims_max and not self._queues_empty:
                 count = min(free, self.config.claim_batch)
                 self._reserved += count
                 in_flight.add(asyncio.create_task(self._claim(count, job_tasks)))
