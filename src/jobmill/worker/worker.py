@@ -474,24 +474,22 @@ class Worker:
                 async with asyncio.timeout(job.timeout_s) as deadline:
                     result = await self._call_handler(spec, running)
         except TimeoutError as exc:
-            running.task = None
             if deadline is None or not deadline.expired():  # the handler itself raised TimeoutError
                 return "error", (describe_error(exc), True)
             running.stop_reason = running.stop_reason or StopReason.TIMEOUT
             running.ctx.mark_cancelled()
             return "stopped", running.stop_reason
         except (asyncio.CancelledError, JobCancelled):
-            running.task = None
             if running.stop_reason is None:
                 raise  # not ours: the worker itself is being torn down
             task.uncancel()  # our cancel is handled; later awaits of this task must not see it again
             return "stopped", running.stop_reason
         except Exception as exc:
-            running.task = None
             if running.stop_reason is not None:
                 return "stopped", running.stop_reason
             return "error", (describe_error(exc), True)
-        running.task = None
+        finally:
+            running.task = None  # the handler is over: nothing left here for _stop_job to interrupt
         if running.stop_reason is not None:
             # Stopped just as the handler returned: the cancel request is still pending on this task.
             task.uncancel()
@@ -534,10 +532,7 @@ class Worker:
             updated = await self._db(self.service.fail, job, lease, info, retryable=retryable)
             if updated is None:
                 # The job may be cancelling (cancel raced the failure): finish the cancel.
-                if await self._db(self.service.confirm_cancel, lease) is not None:
-                    self.stats.cancelled += 1
-                else:
-                    self.stats.lost += 1
+                await self._confirm_cancel_or_lost(lease)
             elif updated.status is JobStatus.PENDING:
                 self.stats.retried += 1
             else:
@@ -560,6 +555,15 @@ class Worker:
                 self.stats.cancelled += 1
         else:
             self.stats.lost += 1
+
+    async def _confirm_cancel_or_lost(self, lease: Lease) -> bool:
+        """After a write was refused: finish the cancel that raced it (True), or count the job as lost to
+        this worker, its lease gone to another."""
+        if await self._db(self.service.confirm_cancel, lease) is not None:
+            self.stats.cancelled += 1
+            return True
+        self.stats.lost += 1
+        return False
 
     # -- buffered completions -------------------------------------------------------------------------
 
@@ -624,11 +628,8 @@ class Worker:
         job = running.job
         outcome = "lease_lost"
         try:
-            if await self._db(self.service.confirm_cancel, running.lease) is not None:
-                self.stats.cancelled += 1
+            if await self._confirm_cancel_or_lost(running.lease):
                 outcome = StopReason.CANCEL.value
-            else:
-                self.stats.lost += 1
         except StoreError as exc:
             log.warning("confirming the cancel of job %s failed; its lease will expire: %s", job.id, exc)
         finally:
