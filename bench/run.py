@@ -271,29 +271,44 @@ def pickup(backend: str, count: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99)}
 
 
-def group_alive(pgid: int) -> bool:
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes of group `pgid`: one scan of /proc (a few ms)."""
+    members = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = raw[raw.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+        if entry.isdigit() and process_state(int(entry), pgid) not in (None, "Z"):
+            members.append(int(entry))
+    return members
+
+
+def process_state(pid: int, pgid: int | None = None) -> str | None:
+    """The state letter of `pid` (None once it is gone, or if it left group `pgid`)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if pgid is not None and int(fields[2]) != pgid:
+        return None
+    return fields[0]
 
 
 def cancel_once(service: JobService) -> float:
-    """Cancel one running job whose `sh` has a background grandchild; ms until the whole group is gone."""
+    """Cancel one running job whose `sh` has a background grandchild; ms until the whole group is gone.
+
+    The group's members are listed before the cancel and then watched one by one, as the peers' harness
+    watches its trees (bench/peers/run_peer.py): a whole /proc scan takes a few ms, which would be
+    measured as kill latency. A full scan afterwards checks that the group has no member left."""
     job_id = service.submit(SubmitRequest(kind="bench.tree")).job.id
     wait_for(lambda: (service.get(job_id).message or "").startswith("pid="), 30)
     pgid = os.getpgid(int((service.get(job_id).message or "").removeprefix("pid=")))
-    time.sleep(0.05)  # let `sleep 600 &` start too
+    wait_for(lambda: len(group_members(pgid)) >= 3, 10)  # sh, `sleep 600 &` and the foreground sleep
+    tree = group_members(pgid)
     started = time.monotonic()
     service.cancel(job_id)
-    wait_for(lambda: not group_alive(pgid), 10, interval=0.0005)
+    wait_for(lambda: all(process_state(pid, pgid) in (None, "Z") for pid in tree), 10, interval=0.0005)
     elapsed_ms = (time.monotonic() - started) * 1000
+    if survivors := group_members(pgid):
+        raise RuntimeError(f"cancel left processes {survivors} of group {pgid} alive")
     wait_for(lambda: service.get(job_id).status is JobStatus.CANCELLED, 10)
     return elapsed_ms
 

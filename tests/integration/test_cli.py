@@ -86,6 +86,47 @@ def test_worker_burst_runs_the_demo_handlers(tmp_path: Path) -> None:
     assert "worker stopped: 2 completed, 0 failed" in result.stdout
 
 
+def test_a_stopping_worker_still_runs_atexit_hooks_and_waits_for_threads(tmp_path: Path) -> None:
+    """A worker that stopped cleanly skips the interpreter's teardown (os._exit), but not what a handler
+    module may rely on: its atexit hooks run, and a non-daemon thread it started is waited for."""
+    module = tmp_path / "exit_app.py"
+    marks = tmp_path / "marks.txt"
+    module.write_text(
+        "import atexit, threading, time\n"
+        "from jobmill import handler\n"
+        f"MARKS = {str(marks)!r}\n"
+        "def mark(text):\n"
+        "    with open(MARKS, 'a') as f:\n"
+        "        f.write(text + '\\n')\n"
+        "atexit.register(mark, 'atexit hook ran')\n"
+        "def late():\n"
+        "    time.sleep(0.5)\n"
+        "    mark('thread finished')\n"
+        "@handler('exit.start_thread')\n"
+        "def start_thread(ctx):\n"
+        "    threading.Thread(target=late).start()\n"
+    )
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    seed = (
+        "import exit_app\n"
+        "from jobmill import JobService, SubmitRequest, open_store, default_registry\n"
+        f"service = JobService(open_store({url!r}), registry=default_registry)\n"
+        "service.submit(SubmitRequest(kind='exit.start_thread'))\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], check=True, cwd=tmp_path, timeout=60,
+                   env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"})  # fmt: skip
+    marks.unlink()  # the seeding process imported the module too
+    env = {
+        "JOBMILL_DATABASE_URL": url,
+        "JOBMILL_WORKDIR_ROOT": str(tmp_path / "work"),
+        "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}",
+    }
+    result = jobmill("worker", "--app", "exit_app", "--burst", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "worker stopped: 1 completed" in result.stdout
+    assert marks.read_text().splitlines() == ["thread finished", "atexit hook ran"]
+
+
 def test_worker_waits_for_an_unreachable_database_then_fails_in_one_line() -> None:
     """Regression (chaos): a worker started while PostgreSQL restarted exited at once; now it retries."""
     started = time.monotonic()

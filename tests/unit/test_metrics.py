@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from jobmill.metrics import WorkerTallies, _WorkerMetrics
+from jobmill.metrics import _WorkerMetrics
+from jobmill.worker.tallies import TallyBook, WorkerTallies
 
 
-def scrape(collector: _WorkerMetrics) -> str:
+def scrape(book: TallyBook) -> str:
     registry = CollectorRegistry()
-    registry.register(collector)
+    registry.register(_WorkerMetrics(book))
     return generate_latest(registry).decode()
 
 
 def test_tallies_become_counters_and_cumulative_histograms() -> None:
-    metrics = _WorkerMetrics()
+    metrics = TallyBook()
     a, b = WorkerTallies(), WorkerTallies()
     metrics.track(a)
     metrics.track(b)
@@ -37,7 +38,7 @@ def test_tallies_become_counters_and_cumulative_histograms() -> None:
 
 
 def test_a_stopped_worker_keeps_its_counts() -> None:
-    metrics = _WorkerMetrics()
+    metrics = TallyBook()
     tallies = WorkerTallies()
     metrics.track(tallies)
     tallies.job_finished("q", "k", "ok", 0.1)
@@ -47,6 +48,6 @@ def test_a_stopped_worker_keeps_its_counts() -> None:
 
 
 def test_families_are_declared_before_any_job() -> None:
-    text = scrape(_WorkerMetrics())
+    text = scrape(TallyBook())
     for name in ("jobmill_jobs_finished", "jobmill_pickup_latency_seconds", "jobmill_run_seconds"):
         assert f"# TYPE {name}" in text

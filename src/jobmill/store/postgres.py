@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import json.scanner
 import logging
+import os
+import select
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,7 +82,7 @@ ACQUIRE_TIMEOUT_S = 10.0  # waiting for a free pooled connection
 # Readiness must answer fast: an orchestrator's probe gives up after ~1 s, and a store that cannot hand out a
 # connection within this is not ready, whether the server is away or every connection is busy.
 PING_TIMEOUT_S = 1.0
-LISTEN_POLL_S = 0.2  # how often the listener thread checks whether it should stop
+LISTEN_CHECK_S = 5.0  # the listener's longest sleep between checks that its connection still answers
 RECONNECT_BACKOFF_S = (0.1, 5.0)  # listener reconnection: first and longest wait
 
 # Same order as the fields of Job, so a row maps onto it positionally.
@@ -270,6 +272,9 @@ class _Listener:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Notification], None]] = []
         self._stop = threading.Event()
+        # close() writes here: the thread sleeps in select() on its socket and this pipe, so it stops at
+        # once instead of at its next timeout (a burst worker's exit would otherwise wait for it).
+        self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -292,11 +297,17 @@ class _Listener:
 
     def close(self) -> None:
         with self._lock:
+            if self._stop.is_set():
+                return
             self._stop.set()
             thread = self._thread
             self._callbacks.clear()
+            os.write(self._wake_w, b"x")
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        if thread is None or not thread.is_alive():
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -327,10 +338,7 @@ class _Listener:
                     # Anything sent while the connection was down is lost: ask everyone to poll.
                     self._deliver(Notification("new_job", queue=None))
                 try:
-                    for notify in conn.notifies(timeout=LISTEN_POLL_S):
-                        self._deliver_payload(notify.payload)
-                        if self._stop.is_set():
-                            break
+                    self._wait(conn)
                 except psycopg.Error as exc:
                     if self._stop.is_set():
                         break
@@ -342,6 +350,19 @@ class _Listener:
             self._conn = None
             if conn is not None:
                 conn.close()
+
+    def _wait(self, conn: psycopg.Connection[Any]) -> None:
+        """Sleep until the server sends something or close() wakes us; deliver what arrived."""
+        readable, _, _ = select.select([conn.fileno(), self._wake_r], [], [], LISTEN_CHECK_S)
+        if self._stop.is_set():
+            return
+        if not readable:
+            # Quiet for a while: a dead connection shows here, and is replaced. Notifications that arrive
+            # during the query are kept by psycopg and delivered just below.
+            conn.execute("SELECT 1")
+        # Reads what the socket (and psycopg's backlog) holds and returns: timeout 0 never blocks.
+        for notify in conn.notifies(timeout=0):
+            self._deliver_payload(notify.payload)
 
     def _deliver_payload(self, payload: str) -> None:
         try:

@@ -37,12 +37,12 @@ from uuid import UUID
 from jobmill.domain.job import Job, JobStatus, JsonObject
 from jobmill.errors import JobmillError, StoreContention, StoreError, StoreUnavailable
 from jobmill.handlers import HandlerRegistry, HandlerSpec
-from jobmill.metrics import WORKER_METRICS, WorkerTallies
 from jobmill.service import JobService, error_info
 from jobmill.storage.base import BlobStore
 from jobmill.store.base import Completion, Lease, Notification, Subscription
 from jobmill.worker.context import JobCancelled, JobContext, SyncJobContext
 from jobmill.worker.isolated import run_isolated
+from jobmill.worker.tallies import WORKER_TALLIES, WorkerTallies
 
 log = logging.getLogger("jobmill.worker")
 
@@ -140,7 +140,7 @@ class Worker:
         self._claims_max = CLAIMS_IN_FLIGHT
         self._queues_empty = False  # the last claim to return found fewer jobs than it asked for
         self._tallies = WorkerTallies()
-        WORKER_METRICS.track(self._tallies)
+        WORKER_TALLIES.track(self._tallies)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -150,6 +150,10 @@ class Worker:
 
     def _on_notification(self, note: Notification) -> None:
         """Called from the store's listener thread (or inline on commit in this process)."""
+        if note.topic == "events":
+            # For the live streams of API nodes; every claim and completion sends one. Waking the event
+            # loop for each would only cost a busy worker CPU.
+            return
         if note.topic == "cancel" and note.job_id is not None:
             running = self._running.get(note.job_id)  # a dict read: atomic under the GIL
             if running is not None and not running.finishing:
@@ -236,7 +240,7 @@ class Worker:
             while self._followups:
                 await asyncio.gather(*list(self._followups), return_exceptions=True)
             subscription.close()
-            WORKER_METRICS.retire(self._tallies)
+            WORKER_TALLIES.retire(self._tallies)
             self._db_pool.shutdown(wait=True)
             self._handler_pool.shutdown(wait=False, cancel_futures=True)
         return self.stats
