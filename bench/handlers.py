@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,8 +16,24 @@ async def noop(ctx: JobContext) -> None:
 
 @handler("bench.stamp", queue="bench")
 async def stamp(ctx: JobContext) -> dict[str, Any]:
-    """Records when the handler started (wall clock), for pickup latency."""
-    return {"started": time.time()}
+    """Records when the handler started (wall clock), for pickup latency; with a `key`, also pushes it to
+    that Redis list, where the harness waits in BLPOP as it does for the peers (bench/peers/run_peer.py)."""
+    started = time.time()
+    if key := ctx.params.get("key"):
+        _redis().rpush(key, repr(started))
+    return {"started": started}
+
+
+_client: Any = None
+
+
+def _redis() -> Any:
+    global _client
+    if _client is None:
+        import redis  # only the pickup scenario needs it
+
+        _client = redis.Redis.from_url(os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return _client
 
 
 @handler("bench.tree", queue="bench")

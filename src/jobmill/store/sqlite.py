@@ -23,6 +23,7 @@ from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
 from jobmill.errors import ConfigError, StoreError, StoreUnavailable
 from jobmill.store.base import (
     ApiKeyInsertParams,
+    ApiKeyJob,
     ApiKeyListParams,
     ApiKeyRevokeParams,
     AuditListParams,
@@ -33,6 +34,7 @@ from jobmill.store.base import (
     JobConfirmCancelParams,
     JobFailParams,
     JobFindCachedParams,
+    JobGetByApiKeyParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -108,6 +110,25 @@ def _unjson(value: str | None) -> Any:
 
 def _placeholders(count: int) -> str:
     return ",".join("?" * count)
+
+
+def _claim_order(source: JobStatus, queues: int) -> str:
+    """The seqs of the next `limit` runnable jobs of `queues` queues, in claim order (parameters: queue,
+    now and limit for each queue, then limit).
+
+    One walk of the claim index per queue, stopped by its LIMIT, then merged: the cost is the jobs taken,
+    not the jobs waiting. Left to itself, SQLite plans `queue IN (...) AND run_after <= ?` through the
+    delayed-jobs index (queue, run_after) and sorts every pending job of the queues on each claim, which
+    made a claim at 20,000 pending jobs cost 13 ms. The claim index is partial (status = 'pending'), so the
+    status must be written as a literal for SQLite to see that it applies.
+    """
+    walk = (
+        "SELECT seq, priority FROM jobmill_jobs INDEXED BY jobmill_jobs_claim"
+        f" WHERE status = '{source.value}' AND queue = ? AND run_after <= ?"
+        " ORDER BY priority DESC, seq LIMIT ?"
+    )
+    merged = " UNION ALL ".join(f"SELECT * FROM ({walk})" for _ in range(queues))
+    return f"SELECT seq FROM ({merged}) ORDER BY priority DESC, seq LIMIT ?"
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
@@ -415,6 +436,17 @@ class SqliteJobStore:
             row = conn.execute(sql, args).fetchone()
         return None if row is None else _job_from_row(row)
 
+    def job_get_by_api_key(self, params: JobGetByApiKeyParams) -> ApiKeyJob:
+        with self._read():  # the reads below take the same (re-entrant) lock: nothing runs in between
+            key = self.api_key_get(params.key_id)
+            if key is None:
+                return ApiKeyJob(None, None, None)
+            job = self.job_get(JobGetParams(params.job_id, key.tenant))
+            position = None
+            if job is not None and job.status is JobStatus.PENDING:
+                position = self.job_queue_position(JobQueuePositionParams(job.id, params.now, key.tenant))
+        return ApiKeyJob(key, job, position)
+
     def job_list(self, params: JobListParams) -> list[Job]:
         where: list[str] = []
         args: list[Any] = []
@@ -445,17 +477,17 @@ class SqliteJobStore:
         if not params.queues or params.limit <= 0:
             return []
         (source,) = params.edge.sources
+        queues = list(dict.fromkeys(params.queues))  # a queue named twice would be walked twice
         token = str(uuid4())
         now = _ts(params.now)
+        limit = min(params.limit, MAX_BATCH)
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE jobmill_jobs SET status = ?, attempts = attempts + 1, lease_owner = ?,"
                 f" lease_token = ?,"
                 f" lease_expires_at = ?, started_at = ?, updated_at = ?, event_seq = event_seq + 1,"
                 f" stage = NULL, progress = NULL, message = NULL, error = NULL"
-                f" WHERE seq IN (SELECT seq FROM jobmill_jobs WHERE status = ?"
-                f" AND queue IN ({_placeholders(len(params.queues))}) AND run_after <= ?"
-                f" ORDER BY priority DESC, seq LIMIT ?)"
+                f" WHERE seq IN ({_claim_order(source, len(queues))})"
                 f" RETURNING {JOB_COLUMNS}",
                 (
                     params.edge.target.value,
@@ -464,10 +496,8 @@ class SqliteJobStore:
                     _ts(params.lease_expires_at),
                     now,
                     now,
-                    source.value,
-                    *params.queues,
-                    now,
-                    min(params.limit, MAX_BATCH),
+                    *[arg for queue in queues for arg in (queue, now, limit)],
+                    limit,
                 ),
             ).fetchall()
             self._append_events(conn, rows, "status", params.now, {"attempt_by": params.worker_id})
