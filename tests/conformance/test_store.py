@@ -197,6 +197,14 @@ def test_claim_from_several_queues(service: JobService) -> None:
     assert [j.id for j in service.claim("w", ["a", "b"], 10)] == [b.id, a.id]  # type: ignore[attr-defined]
 
 
+def test_a_claimed_job_equals_what_is_stored(service: JobService) -> None:
+    """Claims build jobs from the columns they did not write plus the values they did: all must match."""
+    service.submit(SubmitRequest(kind="k", params={"a": [1, 2.5, "x"]}, inputs={"f": {"key": "k"}}))
+    service.submit(SubmitRequest(kind="k", timeout_s=3, principal="p", idempotency_key="i", priority=-1))
+    for claimed in service.claim("worker-1", ["default"], 2):
+        assert claimed == service.get(claimed.id)
+
+
 def test_queue_position_follows_priority_changes(service: JobService) -> None:
     jobs = [submit(service, priority=p) for p in (0, 0, 5, 0)]
     assert [service.queue_position(j.id) for j in jobs] == [2, 3, 1, 4]  # type: ignore[attr-defined]

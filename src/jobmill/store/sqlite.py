@@ -61,6 +61,12 @@ JOB_COLUMNS = (
     " lease_token, lease_expires_at, event_seq, created_at, started_at, finished_at, updated_at,"
     " request_hash, cache_key, cached"
 )
+# What a claim reads back: the columns it did not set itself (and those its events copy).
+CLAIM_RESULT_COLUMNS = (
+    "seq, id, tenant, principal, kind, queue, priority, params, attempts, max_attempts, timeout_s, run_after,"
+    " result, inputs, outputs, idempotency_key, event_seq, created_at, finished_at, request_hash, cache_key,"
+    " cached, status, stage, progress, message"
+)
 # An event row is derived from the job row it describes, inside the same transaction.
 EVENT_FROM_RETURNING = "id, tenant, event_seq, status, stage, progress, message"
 
@@ -129,6 +135,22 @@ def _claim_order(source: JobStatus, queues: int) -> str:
     )
     merged = " UNION ALL ".join(f"SELECT * FROM ({walk})" for _ in range(queues))
     return f"SELECT seq FROM ({merged}) ORDER BY priority DESC, seq LIMIT ?"
+
+
+def _object(text: str) -> Any:
+    """A JSON object column; most jobs have no params, inputs or outputs, and '{}' needs no parser."""
+    return {} if text == "{}" else json.loads(text)
+
+
+def _claimed_job(
+    r: sqlite3.Row, status: JobStatus, worker: str, token: UUID, expires: datetime, started: datetime
+) -> Job:
+    """A claimed job from the CLAIM_RESULT_COLUMNS of its row and the values the claim wrote."""
+    return Job(
+        UUID(r[1]), r[0], r[2], r[3], r[4], r[5], r[6], _object(r[7]), status, None, None, None, r[8], r[9],
+        r[10], _dt(r[11]), _unjson(r[12]), None, _object(r[13]), _object(r[14]), r[15], worker, token,
+        expires, r[16], _dt(r[17]), started, _dt_opt(r[18]), started, r[19], r[20], bool(r[21]),
+    )  # fmt: skip
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
@@ -488,7 +510,7 @@ class SqliteJobStore:
                 f" lease_expires_at = ?, started_at = ?, updated_at = ?, event_seq = event_seq + 1,"
                 f" stage = NULL, progress = NULL, message = NULL, error = NULL"
                 f" WHERE seq IN ({_claim_order(source, len(queues))})"
-                f" RETURNING {JOB_COLUMNS}",
+                f" RETURNING {CLAIM_RESULT_COLUMNS}",
                 (
                     params.edge.target.value,
                     params.worker_id,
@@ -501,7 +523,10 @@ class SqliteJobStore:
                 ),
             ).fetchall()
             self._append_events(conn, rows, "status", params.now, {"attempt_by": params.worker_id})
-        jobs = [_job_from_row(r) for r in rows]
+        # What the claim wrote is the same for every row: converted once (as a later read would convert it).
+        status, started, expires = params.edge.target, _dt(now), _dt(_ts(params.lease_expires_at))
+        lease = UUID(token)
+        jobs = [_claimed_job(r, status, params.worker_id, lease, expires, started) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.seq))
         return jobs
 
