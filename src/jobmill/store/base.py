@@ -318,8 +318,11 @@ class JobStore(Protocol):
 
     def audit_list(self, params: AuditListParams) -> list[AuditRecord]: ...
 
-    def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
-        """Call `callback` (from any thread) for every notification committed by any process."""
+    def notification_subscribe(
+        self, callback: Callable[[Notification], None], topics: frozenset[str] | None = None
+    ) -> Subscription:
+        """Call `callback` (from any thread) for every notification committed by any process, or only for
+        those whose topic is in `topics` (a backend may then not even receive the others)."""
         ...
 
     def change_counter(self) -> int | None:

@@ -13,6 +13,7 @@ indexes even with generic plans of prepared statements.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.scanner
 import logging
@@ -21,6 +22,7 @@ import select
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
 from uuid import UUID, uuid4
@@ -68,7 +70,10 @@ from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "jobmill"
+CHANNEL = "jobmill"  # new_job and cancel wake-ups: what workers wait for
+# Every statement that appends events sends one wake-up here (migration 0006): many per second under load,
+# and only API nodes with live streams want them, so workers do not LISTEN on it.
+EVENTS_CHANNEL = "jobmill_events"
 TENANT_ROLE = "jobmill_tenant"  # created by migration 0003; restricted by the row-level security policies
 LISTENER_NAME = "jobmill-listener"  # application_name of the LISTEN connections
 # pg_advisory_xact_lock key that serialises concurrent migrators: "jobmill" in ASCII.
@@ -252,16 +257,23 @@ def _conninfo(url: str) -> str:
 
 
 class _Subscription:
-    def __init__(self, listener: _Listener, callback: Callable[[Notification], None]) -> None:
+    def __init__(self, listener: _Listener, entry: _Subscriber) -> None:
         self._listener = listener
-        self._callback = callback
+        self._entry = entry
 
     def close(self) -> None:
-        self._listener.unsubscribe(self._callback)
+        self._listener.unsubscribe(self._entry)
+
+
+@dataclass(frozen=True, eq=False)
+class _Subscriber:
+    callback: Callable[[Notification], None]
+    topics: frozenset[str] | None  # None: every topic
 
 
 class _Listener:
-    """One daemon thread per store: a dedicated autocommit connection that LISTENs on the channel.
+    """One daemon thread per store: a dedicated autocommit connection that LISTENs on the channels its
+    subscribers need (CHANNEL always; EVENTS_CHANNEL once a subscriber wants the "events" topic).
 
     When the connection breaks it reconnects with backoff and then delivers `Notification("new_job",
     queue=None)`, so that subscribers poll again for whatever was sent while it was away.
@@ -270,7 +282,8 @@ class _Listener:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = make_conninfo(conninfo, application_name=LISTENER_NAME)
         self._lock = threading.Lock()
-        self._callbacks: list[Callable[[Notification], None]] = []
+        self._subscribers: list[_Subscriber] = []
+        self._channels = [CHANNEL]
         self._stop = threading.Event()
         # close() writes here: the thread sleeps in select() on its socket and this pipe, so it stops at
         # once instead of at its next timeout (a burst worker's exit would otherwise wait for it).
@@ -278,22 +291,32 @@ class _Listener:
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
 
-    def subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
+    def subscribe(
+        self, callback: Callable[[Notification], None], topics: frozenset[str] | None
+    ) -> Subscription:
+        entry = _Subscriber(callback, topics)
         with self._lock:
             if self._stop.is_set():
                 raise StoreError("the PostgreSQL store is closed")
+            if (topics is None or "events" in topics) and EVENTS_CHANNEL not in self._channels:
+                self._channels.append(EVENTS_CHANNEL)
+                if self._conn is not None:
+                    # psycopg's connection lock makes this safe beside the listener thread, which holds it
+                    # only while it reads. Should the connection be broken, the reconnect LISTENs anew.
+                    with contextlib.suppress(psycopg.Error):
+                        self._conn.execute(f"LISTEN {EVENTS_CHANNEL}")
             if self._thread is None:
                 # Connect in the caller's thread: once subscribe() returns, nothing committed is missed.
-                self._conn = self._connect()
+                self._conn = self._connect(list(self._channels))
                 self._thread = threading.Thread(target=self._run, name="jobmill-pg-listener", daemon=True)
                 self._thread.start()
-            self._callbacks.append(callback)
-        return _Subscription(self, callback)
+            self._subscribers.append(entry)
+        return _Subscription(self, entry)
 
-    def unsubscribe(self, callback: Callable[[Notification], None]) -> None:
+    def unsubscribe(self, entry: _Subscriber) -> None:
         with self._lock:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
 
     def close(self) -> None:
         with self._lock:
@@ -301,7 +324,7 @@ class _Listener:
                 return
             self._stop.set()
             thread = self._thread
-            self._callbacks.clear()
+            self._subscribers.clear()
             os.write(self._wake_w, b"x")
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
@@ -309,13 +332,14 @@ class _Listener:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, channels: list[str]) -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
             _translate(exc)
         try:
-            conn.execute(f"LISTEN {CHANNEL}")
+            for channel in channels:
+                conn.execute(f"LISTEN {channel}")
         except psycopg.Error as exc:
             conn.close()
             _translate(exc)
@@ -327,9 +351,19 @@ class _Listener:
             while not self._stop.is_set():
                 conn = self._conn
                 if conn is None:
+                    with self._lock:
+                        channels = list(self._channels)
                     try:
-                        conn = self._conn = self._connect()
-                    except StoreError as exc:
+                        conn = self._connect(channels)
+                        with self._lock:  # a channel subscribed meanwhile LISTENs on self._conn from now on
+                            self._conn = conn
+                            added = [c for c in self._channels if c not in channels]
+                        for channel in added:
+                            conn.execute(f"LISTEN {channel}")
+                    except (StoreError, psycopg.Error) as exc:
+                        if conn is not None:
+                            conn.close()
+                            self._conn = conn = None
                         log.warning("jobmill listener: reconnecting in %.1fs: %s", backoff, exc)
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
@@ -383,10 +417,12 @@ class _Listener:
 
     def _deliver(self, notification: Notification) -> None:
         with self._lock:
-            callbacks = list(self._callbacks)
-        for callback in callbacks:
+            subscribers = list(self._subscribers)
+        for entry in subscribers:
+            if entry.topics is not None and notification.topic not in entry.topics:
+                continue
             try:
-                callback(notification)
+                entry.callback(notification)
             except Exception:
                 log.exception("jobmill notification callback failed")
 
@@ -1120,8 +1156,10 @@ class PostgresJobStore:
         )
         return [AuditRecord(*r) for r in rows]
 
-    def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
-        return self._listener.subscribe(callback)
+    def notification_subscribe(
+        self, callback: Callable[[Notification], None], topics: frozenset[str] | None = None
+    ) -> Subscription:
+        return self._listener.subscribe(callback, topics)
 
     def change_counter(self) -> int | None:
         return None  # LISTEN/NOTIFY reaches every process; there is nothing to poll

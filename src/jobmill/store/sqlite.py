@@ -23,7 +23,6 @@ from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
 from jobmill.errors import ConfigError, StoreError, StoreUnavailable
 from jobmill.store.base import (
     ApiKeyInsertParams,
-    ApiKeyJob,
     ApiKeyListParams,
     ApiKeyRevokeParams,
     AuditListParams,
@@ -34,7 +33,6 @@ from jobmill.store.base import (
     JobConfirmCancelParams,
     JobFailParams,
     JobFindCachedParams,
-    JobGetByApiKeyParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -457,17 +455,6 @@ class SqliteJobStore:
         with self._read() as conn:
             row = conn.execute(sql, args).fetchone()
         return None if row is None else _job_from_row(row)
-
-    def job_get_by_api_key(self, params: JobGetByApiKeyParams) -> ApiKeyJob:
-        with self._read():  # the reads below take the same (re-entrant) lock: nothing runs in between
-            key = self.api_key_get(params.key_id)
-            if key is None:
-                return ApiKeyJob(None, None, None)
-            job = self.job_get(JobGetParams(params.job_id, key.tenant))
-            position = None
-            if job is not None and job.status is JobStatus.PENDING:
-                position = self.job_queue_position(JobQueuePositionParams(job.id, params.now, key.tenant))
-        return ApiKeyJob(key, job, position)
 
     def job_list(self, params: JobListParams) -> list[Job]:
         where: list[str] = []
@@ -936,8 +923,17 @@ class SqliteJobStore:
             rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, params.limit]).fetchall()
         return [_audit_from_row(r) for r in rows]
 
-    def notification_subscribe(self, callback: Callable[[Notification], None]) -> Subscription:
-        return _HUB.subscribe(self._hub_key, callback)
+    def notification_subscribe(
+        self, callback: Callable[[Notification], None], topics: frozenset[str] | None = None
+    ) -> Subscription:
+        if topics is None:
+            return _HUB.subscribe(self._hub_key, callback)
+
+        def wanted(note: Notification) -> None:
+            if note.topic in topics:
+                callback(note)
+
+        return _HUB.subscribe(self._hub_key, wanted)
 
     def change_counter(self) -> int | None:
         # PRAGMA data_version moves when another connection (any process) commits; reading it costs

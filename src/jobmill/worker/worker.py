@@ -62,6 +62,11 @@ CLAIMS_IN_FLIGHT = 3
 CHANGE_POLL_S = 0.005
 
 
+# What a worker listens for. Not "events": every claim and completion of every worker sends one, for the
+# live streams of API nodes, and waking for each would only cost a busy worker (and the database) CPU.
+WORKER_TOPICS = frozenset({"new_job", "cancel"})
+
+
 class StopReason(Enum):
     CANCEL = "cancel"
     TIMEOUT = "timeout"
@@ -150,10 +155,6 @@ class Worker:
 
     def _on_notification(self, note: Notification) -> None:
         """Called from the store's listener thread (or inline on commit in this process)."""
-        if note.topic == "events":
-            # For the live streams of API nodes; every claim and completion sends one. Waking the event
-            # loop for each would only cost a busy worker CPU.
-            return
         if note.topic == "cancel" and note.job_id is not None:
             running = self._running.get(note.job_id)  # a dict read: atomic under the GIL
             if running is not None and not running.finishing:
@@ -211,7 +212,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         subscription: Subscription = await self._db(
-            self.service.store.notification_subscribe, self._on_notification
+            self.service.store.notification_subscribe, self._on_notification, WORKER_TOPICS
         )
         self._change_counter = await self._db(self.service.store.change_counter)
         # A store with a change counter (SQLite) has one writer at a time: overlapping claims would only

@@ -144,11 +144,12 @@ CREATE POLICY jobmill_tenant_isolation ON jobmill_api_keys TO jobmill_tenant
     USING (tenant = current_setting('jobmill.tenant', true));
 -- Live streams: one wake-up per statement that appends events (not per event, and PostgreSQL folds equal
 -- notifications of one transaction), so a batch of a hundred completions costs one NOTIFY. API nodes
--- then read the new rows themselves. A statement that appended nothing (a lost CAS) sends nothing.
+-- then read the new rows themselves. A statement that appended nothing (a lost CAS) sends nothing. The
+-- channel is their own (not the workers' jobmill channel): workers do not LISTEN on it.
 CREATE FUNCTION jobmill_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM appended) THEN
-        PERFORM pg_notify('jobmill', '{"topic":"events"}');
+        PERFORM pg_notify('jobmill_events', '{"topic":"events"}');
     END IF;
     RETURN NULL;
 END
