@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import redis
@@ -283,6 +284,52 @@ def pickup(backend: str, count: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99)}
 
 
+def pickup_http(backend: str, count: int) -> dict[str, float]:
+    """Pickup with the HTTP submit path: POST /api/v1/jobs to `jobmill serve --no-worker` (one keep-alive
+    connection), then the same worker, handler stamp and BLPOP as `pickup`."""
+    import httpx
+
+    redis_client = redis.Redis.from_url(os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    with (
+        database(backend) as url,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        env = http_load.serve_env(url, Path(folder))
+        key = http_load.jobmill("keys", env, "create", "--tenant", http_load.TENANT, "--role", "user")
+        headers = {"Authorization": f"Bearer {key.strip().splitlines()[-1]}"}
+        store = open_store(url)
+        service = JobService(store, registry=default_registry)
+        proc = start_worker(url, folder, "--concurrency", "4")
+        try:
+            with (
+                http_load.running(http_load.SERVE, env, Path(folder) / "serve.log") as server,
+                httpx.Client(
+                    base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
+                ) as client,
+            ):
+                latencies = []
+                for index in range(count + 1):  # the first one warms the connection and the worker
+                    key_name = f"jobmill:bench:stamp-http:{os.getpid()}:{index}"
+                    submitted = time.time()
+                    answer = client.post(
+                        "/api/v1/jobs", json={"kind": "bench.stamp", "params": {"key": key_name}}
+                    )
+                    answer.raise_for_status()
+                    popped = redis_client.blpop([key_name], timeout=30)
+                    if popped is None:
+                        raise TimeoutError(f"job {answer.json()['id']} did not start within 30 s")
+                    if index:
+                        latencies.append((float(popped[1]) - submitted) * 1000)
+                    job_id = UUID(answer.json()["id"])
+                    wait_for(lambda: service.get(job_id).status is JobStatus.COMPLETED, 30)  # noqa: B023
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            store.close()
+            redis_client.close()
+    return {"http_p50_ms": statistics.median(latencies), "http_p99_ms": percentile(latencies, 99)}
+
+
 def group_members(pgid: int) -> list[int]:
     """The live (non-zombie) processes of group `pgid`: one scan of /proc (a few ms)."""
     members = []
@@ -525,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "pickup": (
             f"pickup latency ({pickups} jobs, one at a time)",
-            lambda b: pickup(b, pickups),
+            lambda b: pickup(b, pickups) | pickup_http(b, pickups),
             lambda p: peer(p, "pickup", "--count", str(pickups), "--concurrency", "4"),
         ),
         "cancel": (

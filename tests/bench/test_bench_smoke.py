@@ -58,6 +58,21 @@ def test_quick_run_writes_results_and_charts(tmp_path: Path, monkeypatch: pytest
     assert (tmp_path / "http.png").stat().st_size > 0 and (tmp_path / "memory.png").stat().st_size > 0
 
 
+def test_quick_run_of_the_job_scenarios(tmp_path: Path) -> None:
+    """Drain, pickup (Python and HTTP submit paths) and cancel, on SQLite at tiny sizes."""
+    scenarios = "drain,pickup,cancel"
+    bench_run.main(
+        ["--quick", "--peers", "", "--backends", "sqlite", "--scenarios", scenarios, "--no-charts",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    results = json.loads((tmp_path / "latest.json").read_text())
+    figures = {key: results["scenarios"][results["ids"][key]]["jobmill-sqlite"] for key in results["ids"]}
+    assert figures["drain"]["jobs_per_s"]["median"] > 0 and figures["drain_own"]["jobs_per_s"]["median"] > 0
+    for name in ("p50_ms", "p99_ms", "http_p50_ms", "http_p99_ms"):
+        assert 0 < figures["pickup"][name]["median"] < 10_000, name
+    assert figures["cancel"]["tries"]["median"] == 3 and figures["cancel"]["p50_ms"]["median"] > 0
+
+
 def test_deep_queue_is_wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With bench/deep_queue.py present, its run() gets a fresh PostgreSQL database and the flags' sizes."""
     calls: list[tuple[str, int, int]] = []
