@@ -7,8 +7,10 @@ key stops working at once on every API node (no cache to go stale).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from jobmill.auth import (
     AuthError,
@@ -21,11 +23,37 @@ from jobmill.auth import (
     verify_api_key_hash,
 )
 from jobmill.domain.admin import ApiKeyRecord, AuditEntry, Role
-from jobmill.errors import ValidationError
+from jobmill.domain.job import Job, JobStatus
+from jobmill.errors import JobNotFound, ValidationError
 from jobmill.handlers import check_name
-from jobmill.store.base import ApiKeyInsertParams, ApiKeyListParams, ApiKeyRevokeParams, JobStore
+from jobmill.store.base import (
+    ApiKeyInsertParams,
+    ApiKeyJobs,
+    ApiKeyListParams,
+    ApiKeyRevokeParams,
+    JobGetManyByApiKeyParams,
+    JobGetParams,
+    JobQueuePositionParams,
+    JobStore,
+)
 
 ROLES: tuple[Role, ...] = ("user", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class CallerJob:
+    """A bearer token's principal and, in its tenant, the job it asked for."""
+
+    principal: Principal
+    job_id: UUID
+    job: Job | None  # None: no such job in the principal's tenant
+    position: int | None  # its queue position while pending
+
+    def visible_job(self) -> Job:
+        """The job; JobNotFound (404) for an unknown job and for another tenant's, alike."""
+        if self.job is None:
+            raise JobNotFound(self.job_id)
+        return self.job
 
 
 class AccessService:
@@ -58,15 +86,56 @@ class AccessService:
 
     def authenticate(self, token: str) -> Principal:
         """The principal behind a bearer token; AuthError (401) for anything unknown, revoked or invalid."""
+        key_id = self.api_key_id(token)
+        if key_id is not None:
+            return self._key_principal(token, self.store.api_key_get(key_id))
+        return self._token_principal(token)
+
+    @staticmethod
+    def api_key_id(token: str) -> str | None:
+        """The key id of a token shaped like an API key (which says nothing of its validity), else None."""
         parsed = parse_api_key(token)
-        if parsed is not None:
-            key_id, _ = parsed
-            record = self.store.api_key_get(key_id)
-            # Hash check even when the key is unknown or revoked would not hide more: the key id is not
-            # secret. The comparison itself is constant-time.
-            if record is None or not record.active or not verify_api_key_hash(token, record.secret_hash):
-                raise AuthError("invalid or revoked API key")
-            return api_key_principal(record.key_id, record.tenant, record.role)
+        return None if parsed is None else parsed[0]
+
+    def jobs_of_key(self, key_id: str, job_ids: Sequence[UUID], *, wait: bool = True) -> ApiKeyJobs:
+        """The API key `key_id` and the jobs of its tenant among `job_ids`, with their queue positions, in
+        one store call (GET job of API-key callers: the API's most frequent request). wait=False: at once,
+        or WouldBlock (see JobGetManyByApiKeyParams)."""
+        return self.store.job_get_many_by_api_key(
+            JobGetManyByApiKeyParams(key_id, job_ids, self.clock(), wait=wait)
+        )
+
+    @classmethod
+    def caller_job(cls, token: str, job_id: UUID, found: ApiKeyJobs) -> CallerJob:
+        """What jobs_of_key read, for the caller holding `token`: its key verified exactly as authenticate
+        verifies it (AuthError), then the job it asked for."""
+        principal = cls._key_principal(token, found.key)
+        return CallerJob(principal, job_id, found.jobs.get(job_id), found.positions.get(job_id))
+
+    def authenticate_and_get_job(self, token: str, job_id: UUID) -> CallerJob:
+        """authenticate(token), and the job `job_id` of the principal's tenant with its queue position."""
+        key_id = self.api_key_id(token)
+        if key_id is not None:
+            return self.caller_job(token, job_id, self.jobs_of_key(key_id, [job_id]))
+        principal = self._token_principal(token)
+        job = self.store.job_get(JobGetParams(job_id, principal.tenant))
+        position = None
+        if job is not None and job.status is JobStatus.PENDING:
+            position = self.store.job_queue_position(
+                JobQueuePositionParams(job_id, self.clock(), principal.tenant)
+            )
+        return CallerJob(principal, job_id, job, position)
+
+    @staticmethod
+    def _key_principal(token: str, record: ApiKeyRecord | None) -> Principal:
+        # Hash check even when the key is unknown or revoked would not hide more: the key id is not
+        # secret. The comparison itself is constant-time.
+        if record is None or not record.active or not verify_api_key_hash(token, record.secret_hash):
+            raise AuthError("invalid or revoked API key")
+        return api_key_principal(record.key_id, record.tenant, record.role)
+
+    def _token_principal(self, token: str) -> Principal:
+        """The principal of a bearer token that is not an API key: a JWT, or AuthError."""
         if looks_like_jwt(token):
             if self.jwt is None:
                 raise AuthError("JWTs are not accepted: no JWT key is configured")

@@ -23,7 +23,8 @@ def test_unhandled_exception_is_a_500_without_internals(
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(api.services.jobs, "get", explode)
+    # The store read of GET job (an API-key caller's key and job, read together).
+    monkeypatch.setattr(api.services.jobs.store, "job_get_many_by_api_key", explode)
     # A real server logs the exception that the app re-raises after answering; here it must not
     # reach the test, so this one client does not re-raise it.
     client = api._client(raise_app_exceptions=False)

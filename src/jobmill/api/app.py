@@ -6,6 +6,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from jobmill.access import AccessService
+from jobmill.api.coalesce import Coalescer
 from jobmill.api.deps import AppServices
 from jobmill.api.errors import install_error_handlers
 from jobmill.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from jobmill.api.ratelimit import open_rate_limiter
 from jobmill.api.routes_events import router as events_router
+from jobmill.api.routes_jobs import add_get_job_route
 from jobmill.api.routes_jobs import router as jobs_router
 from jobmill.api.routes_system import files_router
 from jobmill.api.routes_system import router as system_router
@@ -77,10 +80,11 @@ def build_services(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
+    access = AccessService(store, clock, jwt)
     return AppServices(
         settings=settings,
         jobs=jobs,
-        access=AccessService(store, clock, jwt),
+        access=access,
         blobs=blobs or open_blobstore(settings.storage_url, secret_key=secret),
         requests_limiter=open_rate_limiter(
             settings.redis_url, settings.rate_limit_per_s, settings.rate_limit_burst
@@ -89,6 +93,7 @@ def build_services(
             settings.redis_url, settings.auth_rate_limit_per_s, settings.auth_rate_limit_burst
         ),
         secret_key=secret,
+        job_reads=Coalescer(access.jobs_of_key, partial(access.jobs_of_key, wait=False)),
     )
 
 
@@ -146,6 +151,7 @@ def create_app(
         BodyLimitMiddleware, json_limit=settings.max_json_bytes, multipart_limit=settings.max_request_bytes
     )
     app.add_middleware(RequestContextMiddleware)
+    add_get_job_route(app.router, API_PREFIX)  # the most frequent request: on the app itself, first
     app.include_router(jobs_router, prefix=API_PREFIX)
     app.include_router(events_router, prefix=API_PREFIX)
     app.include_router(system_router, prefix=API_PREFIX)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
+from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
 from jobmill.access import AccessService
+from jobmill.api.coalesce import Coalescer
 from jobmill.api.errors import ApiError, RateLimited
 from jobmill.api.ratelimit import RateLimiter
 from jobmill.auth import AuthError, Principal
@@ -18,6 +22,9 @@ from jobmill.config import Settings
 from jobmill.errors import Forbidden
 from jobmill.service import Actor, JobService
 from jobmill.storage.base import BlobStore
+from jobmill.store.base import ApiKeyJobs
+
+T = TypeVar("T")
 
 bearer = HTTPBearer(auto_error=False, description="an API key (jm_...) or a JWT")
 
@@ -33,11 +40,14 @@ class AppServices:
     requests_limiter: RateLimiter
     auth_failures_limiter: RateLimiter
     secret_key: str
+    # GET job reads of API-key callers, by key id: concurrent ones are made together (access.jobs_of_key).
+    job_reads: Coalescer[str, UUID, ApiKeyJobs]
     # IPs whose failed authentications ran out: refused before any key is checked, until this time.
     blocked_until: dict[str, float] = field(default_factory=dict)
 
 
-def get_services(request: Request) -> AppServices:
+async def get_services(request: Request) -> AppServices:
+    # async: FastAPI runs a plain-def dependency in the thread pool, a thread round trip per request.
     services: AppServices = request.app.state.services
     return services
 
@@ -58,34 +68,56 @@ async def _refuse(services: AppServices, ip: str, reason: str) -> ApiError:
     return ApiError(401, "unauthenticated", reason, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def get_principal(
-    request: Request,
-    services: Services,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of `Authorization: Bearer <token>`, parsed as `bearer` parses it, or None."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(
+    request: Request, services: AppServices, token: str | None, check: Callable[[str], Awaitable[T]]
+) -> T:
+    """`await check(token)`: it authenticates the bearer token (AuthError), and may read more with the same
+    store call. An IP whose failed authentications ran out is refused first, and a failure is counted."""
     ip = _client_ip(request)
     blocked = services.blocked_until.get(ip)
     if blocked is not None:
         if blocked > time.monotonic():
             raise RateLimited(blocked - time.monotonic(), "failed authentications")
         del services.blocked_until[ip]
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+    if not token:
         raise await _refuse(services, ip, "missing bearer token (Authorization: Bearer <key or JWT>)")
     try:
-        principal = await run_in_threadpool(services.access.authenticate, credentials.credentials)
+        return await check(token)
     except AuthError as exc:
         raise await _refuse(services, ip, str(exc)) from None
+
+
+async def admit(request: Request, services: AppServices, principal: Principal) -> None:
+    """Let an authenticated principal in, within its rate limit (429 past it)."""
     request.state.principal = principal
     decision = await services.requests_limiter.hit(f"principal:{principal.tenant}:{principal.subject}")
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
+
+
+async def get_principal(request: Request, services: Services, credentials: Credentials) -> Principal:
+    async def check(token: str) -> Principal:
+        return await run_in_threadpool(services.access.authenticate, token)
+
+    token = credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
+    principal = await authenticate(request, services, token, check)
+    await admit(request, services, principal)
     return principal
 
 
 Caller = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: Caller) -> Principal:
+async def require_admin(principal: Caller) -> Principal:
     if not principal.is_admin:
         raise Forbidden("this operation needs the admin role")
     return principal

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,18 +23,34 @@ access_log = logging.getLogger("jobmill.access")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of header `name` (as dict(scope["headers"]) would have it)."""
+    found = None
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            found = value
+    return None if found is None else bytes(found)
+
+
+def new_request_id() -> str:
+    # 128 random bits as 32 hex digits, like uuid4().hex, but from the process's PRNG (reseeded in forked
+    # children) rather than a getrandom() system call per request: an id correlates logs, it guards nothing.
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestContextMiddleware:
     """Gives every request an id (the caller's X-Request-ID when sane), returns it, logs one JSON line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._counters: dict[tuple[str, int], Counter] = {}  # HTTP_REQUESTS children, labels() once each
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+        incoming = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()
@@ -49,18 +66,23 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            principal = state.get("principal")
-            HTTP_REQUESTS.labels(scope["method"], str(status)).inc()
-            record: dict[str, Any] = {
-                "request_id": request_id,
-                "tenant": getattr(principal, "tenant", None),
-                "principal": getattr(principal, "subject", None),
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            }
-            access_log.info(json.dumps(record, separators=(",", ":")))
+            counter = self._counters.get((scope["method"], status))
+            if counter is None:
+                counter = HTTP_REQUESTS.labels(scope["method"], str(status))
+                self._counters[scope["method"], status] = counter
+            counter.inc()
+            if access_log.isEnabledFor(logging.INFO):
+                principal = state.get("principal")
+                record: dict[str, Any] = {
+                    "request_id": request_id,
+                    "tenant": getattr(principal, "tenant", None),
+                    "principal": getattr(principal, "subject", None),
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+                access_log.info(json.dumps(record, separators=(",", ":")))
 
 
 class BodyTooLarge(HTTPException):
@@ -82,6 +104,8 @@ class TruncatedMultipart(HTTPException):
         super().__init__(400, "the multipart body ends before its closing boundary (truncated upload)")
 
 
+# A request with none of these has no body to limit (nor a multipart one to check).
+BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"content-type"})
 MULTIPART_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
 TAIL_KEPT = 1024  # room for the closing delimiter plus a short epilogue
 
@@ -102,7 +126,14 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())
+        raw_headers = scope.get("headers") or ()
+        if scope.get("http_version") in ("1.0", "1.1") and not any(
+            key in BODY_HEADERS for key, _ in raw_headers
+        ):
+            # HTTP/1 framing: no Content-Length and no Transfer-Encoding is no body (RFC 9112, 6.3).
+            await self.app(scope, receive, send)
+            return
+        headers = dict(raw_headers)
         content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
         limit = self.multipart_limit if content_type.startswith("multipart/") else self.json_limit
         declared = headers.get(b"content-length")

@@ -9,7 +9,7 @@ take a `tenant` and scope the query by it; `tenant=None` is for workers and oper
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -42,6 +42,30 @@ class JobInsertResult:
 class JobGetParams:
     job_id: UUID
     tenant: str | None = None
+
+
+class WouldBlock(Exception):
+    """A read asked not to wait (`wait=False`) that could only be answered by waiting: for the connection
+    another thread is using, for a database lock, or for the network. Ask again with wait=True."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobGetManyByApiKeyParams:
+    key_id: str
+    job_ids: Sequence[UUID]
+    now: datetime  # for the queue positions of pending jobs
+    # False: answer at once or raise WouldBlock, so that an event loop may make the call itself (SQLite,
+    # when no other thread holds its connection); PostgreSQL, which waits for the network, always raises.
+    wait: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyJobs:
+    """An API key and, in that key's tenant, jobs: what `job_get_many_by_api_key` read."""
+
+    key: ApiKeyRecord | None  # None: no key has this id (and then no jobs)
+    jobs: Mapping[UUID, Job]  # those of the ids that are jobs of the key's tenant
+    positions: Mapping[UUID, int]  # the queue positions of those that are pending (as job_queue_position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +285,12 @@ class JobStore(Protocol):
     def job_insert_many(self, params: JobInsertManyParams) -> list[JobInsertResult]: ...
 
     def job_get(self, params: JobGetParams) -> Job | None: ...
+
+    def job_get_many_by_api_key(self, params: JobGetManyByApiKeyParams) -> ApiKeyJobs:
+        """The key `key_id` (active or not: the caller checks its secret and its revocation) and, scoped
+        to that key's tenant, the jobs and their queue positions, in one call: the reads of concurrent GET
+        job requests of one API key caller, the API's most frequent request, made together."""
+        ...
 
     def job_list(self, params: JobListParams) -> list[Job]: ...
 

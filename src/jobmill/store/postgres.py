@@ -38,6 +38,7 @@ from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
 from jobmill.errors import ConfigError, StoreContention, StoreError, StoreUnavailable
 from jobmill.store.base import (
     ApiKeyInsertParams,
+    ApiKeyJobs,
     ApiKeyListParams,
     ApiKeyRevokeParams,
     AuditListParams,
@@ -48,6 +49,7 @@ from jobmill.store.base import (
     JobConfirmCancelParams,
     JobFailParams,
     JobFindCachedParams,
+    JobGetManyByApiKeyParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -65,6 +67,7 @@ from jobmill.store.base import (
     Notification,
     QueueStats,
     Subscription,
+    WouldBlock,
 )
 from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 
@@ -151,6 +154,35 @@ def _loads(data: str | bytes) -> Any:
 # The adapters of every pooled connection: the default ones with the faster JSON loader.
 _ADAPTERS = AdaptersMap(psycopg.adapters)
 set_json_loads(_loads, _ADAPTERS)
+
+
+def _queue_position(job: str) -> str:
+    """The queue position of the job row `job` at %(now)s while it is pending, else NULL."""
+    # In the statement that reads the job, so the job and the jobs ahead of it are read from one snapshot
+    # (jobmill_jobs_ahead is STABLE: it runs in the caller's snapshot). It reads the per-block counts that
+    # migration 0005 keeps beside the jobs, so its cost does not grow with the jobs ahead (see the
+    # migration). The job itself is looked up as the caller, under row-level security for a tenant; the
+    # function then counts every tenant's jobs ahead, as the claim order does.
+    return (
+        f"CASE WHEN {job}.status = {_status(JobStatus.PENDING)} AND {job}.run_after <= %(now)s"
+        f" THEN 1 + jobmill_jobs_ahead({job}.queue, {job}.priority, {job}.seq, %(now)s) END"
+    )
+
+
+# The two statements of job_get_many_by_api_key, sent together and run in one implicit transaction (no
+# Sync between them). The first reads the key as the owner (a key is looked up before its tenant is known)
+# and switches the rest of the transaction to the key's tenant, as _connection(tenant) does; the second
+# then reads under row-level security, scoped to that tenant. No key, no row, no switch: the second
+# statement's tenant is then NULL, which matches no job.
+_KEY_TENANT = "current_setting('jobmill.tenant', true)"
+_API_KEY_THEN_TENANT_SQL = (
+    f"SELECT {API_KEY_COLUMNS}, set_config('role', %(role)s, true),"
+    " set_config('jobmill.tenant', tenant, true) FROM jobmill_api_keys WHERE key_id = %(key_id)s"
+)
+_JOBS_OF_KEY_TENANT_SQL = (
+    f"SELECT {JOB_COLUMNS}, {_queue_position('jobmill_jobs')} FROM jobmill_jobs"
+    f" WHERE id = ANY(%(ids)s) AND tenant = {_KEY_TENANT}"
+)
 
 
 def _utc(value: datetime) -> datetime:
@@ -717,6 +749,30 @@ class PostgresJobStore:
         row = self._one(sql, {"id": params.job_id, "tenant": params.tenant}, params.tenant)
         return None if row is None else _job(row)
 
+    def job_get_many_by_api_key(self, params: JobGetManyByApiKeyParams) -> ApiKeyJobs:
+        if not params.wait:
+            raise WouldBlock("PostgreSQL answers over the network")
+        # One round trip however many jobs (a pipeline of the two statements above): the reading thread
+        # of a busy server waits for the GIL again after every round trip, so round trips cost most here.
+        try:
+            with self._pool.connection() as conn:
+                with conn.pipeline():
+                    keys = conn.execute(
+                        _API_KEY_THEN_TENANT_SQL, {"key_id": params.key_id, "role": TENANT_ROLE}
+                    )
+                    jobs_read = conn.execute(
+                        _JOBS_OF_KEY_TENANT_SQL, {"ids": list(params.job_ids), "now": params.now}
+                    )
+                found, rows = keys.fetchone(), jobs_read.fetchall()
+        except psycopg.Error as exc:
+            _translate(exc)
+        if found is None:
+            return ApiKeyJobs(None, {}, {})
+        key = ApiKeyRecord(*found[:7])
+        jobs = {row[0]: _job(row[:-1]) for row in rows}
+        positions = {row[0]: int(row[-1]) for row in rows if row[-1] is not None}
+        return ApiKeyJobs(key, jobs, positions)
+
     def job_list(self, params: JobListParams) -> list[Job]:
         where: list[str] = []
         if params.tenant is not None:
@@ -1029,19 +1085,11 @@ class PostgresJobStore:
         return [_job(r) for r in rows]
 
     def job_queue_position(self, params: JobQueuePositionParams) -> int | None:
-        # One statement, so the job and the jobs ahead of it are read from one snapshot (jobmill_jobs_ahead
-        # is STABLE: it runs in the caller's snapshot). It reads the per-block counts that migration 0005
-        # keeps beside the jobs, so its cost does not grow with the jobs ahead (see the migration). The job
-        # itself is looked up as the caller, under row-level security for a tenant; the function then counts
-        # every tenant's jobs ahead, as the claim order does.
-        sql = (
-            "SELECT 1 + jobmill_jobs_ahead(j.queue, j.priority, j.seq, %(now)s) FROM jobmill_jobs AS j"
-            f" WHERE j.id = %(id)s AND j.status = {_status(JobStatus.PENDING)} AND j.run_after <= %(now)s"
-        )
+        sql = f"SELECT {_queue_position('j')} FROM jobmill_jobs AS j WHERE j.id = %(id)s"
         if params.tenant is not None:
             sql += " AND j.tenant = %(tenant)s"
         row = self._one(sql, {"id": params.job_id, "now": params.now, "tenant": params.tenant}, params.tenant)
-        return None if row is None else int(row[0])
+        return None if row is None or row[0] is None else int(row[0])
 
     def event_list(self, params: EventListParams) -> list[JobEvent]:
         where: list[str] = []

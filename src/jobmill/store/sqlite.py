@@ -23,6 +23,7 @@ from jobmill.domain.job import Job, JobEvent, JobStatus, NewJob
 from jobmill.errors import ConfigError, StoreError, StoreUnavailable
 from jobmill.store.base import (
     ApiKeyInsertParams,
+    ApiKeyJobs,
     ApiKeyListParams,
     ApiKeyRevokeParams,
     AuditListParams,
@@ -33,6 +34,7 @@ from jobmill.store.base import (
     JobConfirmCancelParams,
     JobFailParams,
     JobFindCachedParams,
+    JobGetManyByApiKeyParams,
     JobGetParams,
     JobHeartbeatParams,
     JobInsertManyParams,
@@ -50,6 +52,7 @@ from jobmill.store.base import (
     Notification,
     QueueStats,
     Subscription,
+    WouldBlock,
 )
 from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
 
@@ -70,6 +73,7 @@ EVENT_FROM_RETURNING = "id, tenant, event_seq, status, stage, progress, message"
 
 # SQLite limits the number of bound parameters per statement; batches are cut to stay below it.
 MAX_BATCH = 500
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on the database
 
 # The runnable pending jobs claimed before a job, from the per-block counts of migration 0003 (kept by its
 # triggers): higher priorities and the earlier blocks of the job's priority (about pending/width rows),
@@ -284,7 +288,7 @@ class SqliteJobStore:
         self._events_written = False
         try:
             self._conn = sqlite3.connect(
-                self._path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
@@ -455,6 +459,50 @@ class SqliteJobStore:
         with self._read() as conn:
             row = conn.execute(sql, args).fetchone()
         return None if row is None else _job_from_row(row)
+
+    def job_get_many_by_api_key(self, params: JobGetManyByApiKeyParams) -> ApiKeyJobs:
+        if params.wait:
+            return self._job_get_many_by_api_key(params)
+        # Not waiting: neither for another thread's use of the connection (its lock) nor for another
+        # process's lock on the database (a busy timeout of 0 meanwhile; in WAL mode readers seldom meet
+        # one).
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock("the SQLite connection is in use")
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                return self._job_get_many_by_api_key(params)
+            except StoreError as exc:
+                if getattr(exc.__cause__, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                    raise WouldBlock(str(exc)) from exc
+                raise
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            self._lock.release()
+
+    def _job_get_many_by_api_key(self, params: JobGetManyByApiKeyParams) -> ApiKeyJobs:
+        with self._read() as conn:  # the reads below take the same (re-entrant) lock: nothing in between
+            key = self.api_key_get(params.key_id)
+            if key is None:
+                return ApiKeyJobs(None, {}, {})
+            jobs: dict[UUID, Job] = {}
+            ids = list(dict.fromkeys(str(i) for i in params.job_ids))
+            for first in range(0, len(ids), MAX_BATCH):
+                chunk = ids[first : first + MAX_BATCH]
+                rows = conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobmill_jobs WHERE id IN ({_placeholders(len(chunk))})"
+                    " AND tenant = ?",
+                    [*chunk, key.tenant],
+                ).fetchall()
+                jobs.update((job.id, job) for job in map(_job_from_row, rows))
+            positions: dict[UUID, int] = {}
+            for job in jobs.values():
+                if job.status is JobStatus.PENDING:
+                    position = self.job_queue_position(JobQueuePositionParams(job.id, params.now, key.tenant))
+                    if position is not None:
+                        positions[job.id] = position
+        return ApiKeyJobs(key, jobs, positions)
 
     def job_list(self, params: JobListParams) -> list[Job]:
         where: list[str] = []
