@@ -24,6 +24,8 @@ async def stamp(ctx: JobContext) -> dict[str, Any]:
     return {"started": started}
 
 
+# Where stamp handlers push their start times and the pickup harness waits for them.
+REDIS_URL = os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 _client: Any = None
 
 
@@ -32,7 +34,7 @@ def _redis() -> Any:
     if _client is None:
         import redis  # only the pickup scenario needs it
 
-        _client = redis.Redis.from_url(os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+        _client = redis.Redis.from_url(REDIS_URL)
     return _client
 
 

@@ -31,7 +31,7 @@ from uuid import UUID
 import psycopg
 import redis
 
-import bench.handlers  # noqa: F401  (registers the bench kinds)
+import bench.handlers  # registers the bench kinds; REDIS_URL
 from bench import charts, http_load, memory
 from bench.http_load import PYTHONPATH
 from jobmill.domain.job import JobStatus
@@ -258,7 +258,7 @@ def pickup(backend: str, count: int) -> dict[str, float]:
     The harness learns of the start as it does for the peers: the handler pushes its start time to a Redis
     list and the harness waits in BLPOP (polling the database every ms while the worker claims would load
     the very server being measured), then waits until the store shows the job done."""
-    redis_client = redis.Redis.from_url(os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_client = redis.Redis.from_url(bench.handlers.REDIS_URL)
     with database(backend) as url, tempfile.TemporaryDirectory() as workdir:
         store = open_store(url)
         service = JobService(store, registry=default_registry)
@@ -289,7 +289,7 @@ def pickup_http(backend: str, count: int) -> dict[str, float]:
     connection), then the same worker, handler stamp and BLPOP as `pickup`."""
     import httpx
 
-    redis_client = redis.Redis.from_url(os.environ.get("JOBMILL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_client = redis.Redis.from_url(bench.handlers.REDIS_URL)
     with (
         database(backend) as url,
         tempfile.TemporaryDirectory() as folder,
