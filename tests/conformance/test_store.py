@@ -22,6 +22,7 @@ from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import Actor, JobService, RetryPolicy, SubmitRequest
 from jobmill.store.base import (
     Completion,
+    JobCancelParams,
     JobCompleteManyParams,
     JobListParams,
     Lease,
@@ -330,6 +331,110 @@ def test_cancel_semantics(service: JobService) -> None:
     confirmed = service.confirm_cancel(lease_of(running))
     assert confirmed is not None and confirmed.status is JobStatus.CANCELLED
     assert [e.status for e in service.events(running.id)][-2:] == [JobStatus.CANCELLING, JobStatus.CANCELLED]
+
+
+def test_one_cancel_write_takes_the_edge_of_the_jobs_status(store: object, clock: FakeClock) -> None:
+    """job_cancel with both cancel edges: each job moves by the edge that leaves its own status, a job
+    in neither source status or of another principal is left as it is, and each write appends its event."""
+    service = JobService(store, clock=clock)  # type: ignore[arg-type]
+    both = (edge(Transition.CANCEL), edge(Transition.REQUEST_CANCEL))
+    submit(service, principal="alice")
+    (running,) = service.claim("w", ["default"], 1)
+    pending = submit(service, principal="alice")
+    cancel = store.job_cancel  # type: ignore[attr-defined]
+
+    def params(job_id: object, principal: str | None = None) -> JobCancelParams:
+        return JobCancelParams(job_id, None, clock(), both, principal=principal)  # type: ignore[arg-type]
+
+    assert cancel(params(pending.id, principal="bob")) is None  # type: ignore[attr-defined]
+    assert cancel(params(running.id, principal="bob")) is None
+    assert service.get(pending.id).status is JobStatus.PENDING  # type: ignore[attr-defined]
+    assert service.get(running.id).status is JobStatus.RUNNING
+
+    done = cancel(params(pending.id, principal="alice"))  # type: ignore[attr-defined]
+    assert done.status is JobStatus.CANCELLED and done.finished_at == clock()
+    stopping = cancel(params(running.id))
+    assert stopping.status is JobStatus.CANCELLING and stopping.finished_at is None
+    assert cancel(params(running.id)) is None  # cancelling is in neither source: nothing written
+    assert cancel(params(pending.id)) is None  # nor is cancelled
+    assert [e.status for e in service.events(pending.id)] == [JobStatus.PENDING, JobStatus.CANCELLED]  # type: ignore[attr-defined]
+    assert [e.status for e in service.events(running.id)][-1] is JobStatus.CANCELLING
+    with pytest.raises(ValueError):
+        JobCancelParams(running.id, None, clock(), (edge(Transition.CANCEL), edge(Transition.CANCEL)))
+    with pytest.raises(ValueError):
+        JobCancelParams(running.id, None, clock(), ())
+
+
+class _CountingStore:
+    """A store whose calls are counted by name, passed through to the real one."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if callable(attr) and name.startswith("job_"):
+
+            def counted(*args: object, **kwargs: object) -> object:
+                self.calls.append(name)
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+def test_cancel_of_an_own_pending_or_running_job_is_one_write_and_no_read(
+    store: object, clock: FakeClock
+) -> None:
+    counting = _CountingStore(store)
+    service = JobService(counting, clock=clock)  # type: ignore[arg-type]
+    owner = Actor(subject="alice", is_admin=False)
+    submit(service, principal="alice")
+    (running,) = service.claim("w", ["default"], 1)
+    pending = submit(service, principal="alice")
+    for job, status in ((pending, JobStatus.CANCELLED), (running, JobStatus.CANCELLING)):
+        counting.calls.clear()
+        assert service.cancel(job.id, actor=owner).status is status  # type: ignore[attr-defined]
+        assert counting.calls == ["job_cancel"]
+    # Everything else still reads the job first and answers as before.
+    counting.calls.clear()
+    assert service.cancel(running.id, actor=owner).status is JobStatus.CANCELLING
+    assert counting.calls == ["job_cancel", "job_get"]
+    other = submit(service, principal="bob")
+    with pytest.raises(Forbidden):
+        service.cancel(other.id, actor=owner)  # type: ignore[attr-defined]
+    assert service.get(other.id).status is JobStatus.PENDING  # type: ignore[attr-defined]
+    with pytest.raises(JobNotFound):
+        service.cancel(uuid4(), actor=owner)
+
+
+def test_a_pending_job_cancelled_outright_wakes_no_worker(
+    store_factory: StoreFactory, backend: str, clock: FakeClock
+) -> None:
+    if backend == "memory":
+        pytest.skip("a memory store is private to its connection")
+    listener_store = store_factory()
+    received: list[Notification] = []
+    got = threading.Event()
+
+    def on_notification(n: Notification) -> None:
+        received.append(n)
+        if n.topic == "cancel":
+            got.set()
+
+    subscription = listener_store.notification_subscribe(on_notification)
+    try:
+        service = JobService(store_factory(), clock=clock)
+        submit(service, queue="wake")
+        (claimed,) = service.claim("w", ["wake"], 1)
+        pending = submit(service, queue="wake")
+        service.cancel(pending.id)  # type: ignore[attr-defined]  (cancelled outright)
+        service.cancel(claimed.id)
+        assert got.wait(5), received
+    finally:
+        subscription.close()
+    assert [n.job_id for n in received if n.topic == "cancel"] == [claimed.id]
 
 
 def test_recover_expired_leases(store: object, clock: FakeClock) -> None:

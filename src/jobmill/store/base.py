@@ -144,14 +144,26 @@ class JobConfirmCancelParams:
 
 @dataclass(frozen=True, slots=True)
 class JobCancelParams:
-    """A user or admin cancel: pending -> cancelled, or running -> cancelling (the worker then stops it)."""
+    """A user or admin cancel: pending -> cancelled, or running -> cancelling (the worker then stops it).
+
+    `edges` are the moves the caller allows, each from one source status; the one whose source is the
+    job's status at the write applies (a compare-and-set on that status). None applies: nothing is written.
+    Several edges let a cancel be one write with no read before it (the service's fast path)."""
 
     job_id: UUID
     tenant: str | None
     now: datetime
-    edge: Edge
-    expected_status: JobStatus
+    edges: tuple[Edge, ...]
     audit: AuditEntry | None = None  # an admin acting on someone else's job
+    principal: str | None = None  # when set, only a job this principal submitted
+
+    def __post_init__(self) -> None:
+        sources = [status for e in self.edges for status in e.sources]
+        if not sources or any(len(e.sources) != 1 for e in self.edges) or len(set(sources)) != len(sources):
+            raise ValueError(f"each cancel edge needs its own single source status: {self.edges}")
+
+    def target_of(self, source: JobStatus) -> JobStatus:
+        return next(e.target for e in self.edges if source in e.sources)
 
 
 @dataclass(frozen=True, slots=True)

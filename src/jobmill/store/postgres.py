@@ -171,9 +171,10 @@ def _queue_position(job: str) -> str:
 
 # The two statements of job_get_many_by_api_key, sent together and run in one implicit transaction (no
 # Sync between them). The first reads the key as the owner (a key is looked up before its tenant is known)
-# and switches the rest of the transaction to the key's tenant, as _connection(tenant) does; the second
+# and switches the rest of the transaction to the key's tenant, as _all(tenant) does; the second
 # then reads under row-level security, scoped to that tenant. No key, no row, no switch: the second
 # statement's tenant is then NULL, which matches no job.
+_TENANT_SWITCH_SQL = "SELECT set_config('role', %s, true), set_config('jobmill.tenant', %s, true)"
 _KEY_TENANT = "current_setting('jobmill.tenant', true)"
 _API_KEY_THEN_TENANT_SQL = (
     f"SELECT {API_KEY_COLUMNS}, set_config('role', %(role)s, true),"
@@ -244,9 +245,12 @@ def _notify_new_job(source: str) -> str:
 
 
 def _notify_cancel(source: str) -> str:
+    """A CTE that tells the workers about each row of `source` that is now cancelling (the one running
+    it stops it); a pending job cancelled outright needs no worker."""
     return (
         f"notified AS (SELECT pg_notify('{CHANNEL}',"
-        f" json_build_object('topic', 'cancel', 'job_id', id)::text) FROM {source})"
+        f" json_build_object('topic', 'cancel', 'job_id', id)::text) FROM {source}"
+        f" WHERE status = {_status(JobStatus.CANCELLING)})"
     )
 
 
@@ -489,36 +493,39 @@ class PostgresJobStore:
     # -- plumbing -------------------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self, tenant: str | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; psycopg errors leave this block as StoreError.
-
-        With a tenant, the block is one transaction run as the jobmill_tenant role with jobmill.tenant
-        set, so row-level security hides every other tenant's rows even from a query that forgot its
-        tenant filter. Without one (workers, the reaper, operators), the owner role sees every tenant.
-        """
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection, as the owner role (workers, the reaper, operators: every
+        tenant); psycopg errors leave this block as StoreError."""
         try:
             with self._pool.connection() as conn:
-                if tenant is None:
-                    yield conn
-                    return
-                with conn.transaction():
-                    conn.execute(
-                        "SELECT set_config('role', %s, true), set_config('jobmill.tenant', %s, true)",
-                        (TENANT_ROLE, tenant),
-                    )
-                    yield conn
+                yield conn
         except psycopg.Error as exc:
             _translate(exc)
-
-    def _one(self, sql: str, args: dict[str, Any], tenant: str | None = None) -> tuple[Any, ...] | None:
-        with self._connection(tenant) as conn:
-            return conn.execute(sql, args).fetchone()
 
     def _all(
         self, sql: str, args: dict[str, Any] | Sequence[Any], tenant: str | None = None
     ) -> list[tuple[Any, ...]]:
-        with self._connection(tenant) as conn:
-            return conn.execute(sql, args).fetchall()
+        """The rows of one statement, in one round trip.
+
+        With a tenant, the statement runs as the jobmill_tenant role with jobmill.tenant set, so row-level
+        security hides every other tenant's rows even from a query that forgot its tenant filter. The
+        switch and the statement go out together in a pipeline, with no Sync between them: one implicit
+        transaction, which the switch lasts (set_config(..., true)), and one round trip instead of the
+        four of BEGIN, switch, statement, COMMIT."""
+        try:
+            with self._pool.connection() as conn:
+                if tenant is None:
+                    return conn.execute(sql, args).fetchall()
+                with conn.pipeline():
+                    conn.execute(_TENANT_SWITCH_SQL, (TENANT_ROLE, tenant))
+                    cursor = conn.execute(sql, args)
+                return cursor.fetchall()
+        except psycopg.Error as exc:
+            _translate(exc)
+
+    def _one(self, sql: str, args: dict[str, Any], tenant: str | None = None) -> tuple[Any, ...] | None:
+        rows = self._all(sql, args, tenant)
+        return rows[0] if rows else None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -997,19 +1004,23 @@ class PostgresJobStore:
         self,
         job_id: UUID,
         tenant: str | None,
-        expected: JobStatus,
+        expected: Collection[JobStatus],
         assignments: str,
         args: dict[str, Any],
         now: datetime,
         event_type: str = "status",
         notify: Callable[[str], str] | None = None,
         audit: AuditEntry | None = None,
+        principal: str | None = None,
     ) -> Job | None:
-        """CAS on (id, status[, tenant]) for user and admin operations; appends the event and, for an
-        admin action, the audit row, all in one statement (so a lost race writes neither)."""
-        where = f"id = %(id)s AND status = {_status(expected)}"
+        """CAS on (id, status in `expected`[, tenant][, principal]) for user and admin operations;
+        appends the event and, for an admin action, the audit row, all in one statement (so a lost race
+        writes neither)."""
+        where = f"id = %(id)s AND status IN {_status_in(expected)}"
         if tenant is not None:
             where += " AND tenant = %(tenant)s"
+        if principal is not None:
+            where += " AND principal = %(principal)s"
         audited = (
             ", audited AS (INSERT INTO jobmill_audit (at, tenant, actor, action, job_id, before, after)"
             " SELECT %(now)s, tenant, %(actor)s, %(action)s, id, %(before)s::jsonb,"
@@ -1028,22 +1039,30 @@ class PostgresJobStore:
         audit_args = (
             {"actor": audit.actor, "action": audit.action, "before": _json(audit.before)} if audit else {}
         )
-        row = self._one(sql, {**args, **audit_args, "id": job_id, "tenant": tenant, "now": now}, tenant)
+        args = {**args, **audit_args, "id": job_id, "tenant": tenant, "principal": principal, "now": now}
+        row = self._one(sql, args, tenant)
         return None if row is None else _job(row)
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
-        if params.expected_status not in params.edge.sources:
-            raise ValueError(f"{params.expected_status} is not a source of {params.edge}")
-        target = params.edge.target
+        # Each source status moves to its own edge's target; SET reads the row's status before the write.
+        sources = [status for e in params.edges for status in e.sources]
+        status_case = " ".join(f"WHEN {_status(s)} THEN {_status(params.target_of(s))}" for s in sources)
+        terminal = [s for s in sources if params.target_of(s).is_terminal]
+        finished = (
+            f"CASE WHEN status IN {_status_in(terminal)} THEN %(now)s ELSE finished_at END"
+            if terminal
+            else "finished_at"
+        )
         return self._user_write(
             params.job_id,
             params.tenant,
-            params.expected_status,
-            f"status = {_status(target)}, finished_at = COALESCE(%(finished)s, finished_at)",
-            {"finished": params.now if target.is_terminal else None},
+            sources,
+            f"status = CASE status {status_case} END, finished_at = {finished}",
+            {},
             params.now,
-            notify=_notify_cancel if target is JobStatus.CANCELLING else None,
+            notify=_notify_cancel,
             audit=params.audit,
+            principal=params.principal,
         )
 
     def job_reprioritize(self, params: JobReprioritizeParams) -> Job | None:
@@ -1051,7 +1070,7 @@ class PostgresJobStore:
         return self._user_write(
             params.job_id,
             params.tenant,
-            JobStatus.PENDING,
+            (JobStatus.PENDING,),
             "priority = %(priority)s",
             {"priority": params.priority},
             params.now,
@@ -1065,7 +1084,7 @@ class PostgresJobStore:
         return self._user_write(
             params.job_id,
             params.tenant,
-            params.expected_status,
+            (params.expected_status,),
             f"status = {_status(params.edge.target)}, attempts = 0, max_attempts = %(max_attempts)s,"
             " run_after = %(now)s, finished_at = NULL, error = NULL, result = NULL, stage = NULL,"
             " progress = NULL, message = NULL",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -746,21 +746,28 @@ class SqliteJobStore:
         self,
         job_id: UUID,
         tenant: str | None,
-        expected: JobStatus,
+        expected: Collection[JobStatus],
         assignments: str,
         args: Sequence[Any],
         now: datetime,
         event_type: str = "status",
         audit: AuditEntry | None = None,
+        principal: str | None = None,
     ) -> sqlite3.Row | None:
+        """CAS on (id, status in `expected`[, tenant][, principal]); the event and the audit row are
+        written in the same transaction."""
+        statuses = [status.value for status in expected]
         sql = (
             f"UPDATE jobmill_jobs SET {assignments}, updated_at = ?, event_seq = event_seq + 1"
-            f" WHERE id = ? AND status = ?"
+            f" WHERE id = ? AND status IN ({', '.join('?' * len(statuses))})"
         )
-        all_args: list[Any] = [*args, _ts(now), str(job_id), expected.value]
+        all_args: list[Any] = [*args, _ts(now), str(job_id), *statuses]
         if tenant is not None:
             sql += " AND tenant = ?"
             all_args.append(tenant)
+        if principal is not None:
+            sql += " AND principal = ?"
+            all_args.append(principal)
         with self._write() as conn:
             row: sqlite3.Row | None = conn.execute(sql + f" RETURNING {JOB_COLUMNS}", all_args).fetchone()
             if row is not None:
@@ -770,31 +777,39 @@ class SqliteJobStore:
         return row
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
-        if params.expected_status not in params.edge.sources:
-            raise ValueError(f"{params.expected_status} is not a source of {params.edge}")
-        target = params.edge.target
-        finished = _ts(params.now) if target.is_terminal else None
+        # Each source status moves to its own edge's target; SET reads the row's status before the write.
+        sources = [status for e in params.edges for status in e.sources]
+        targets = [params.target_of(s) for s in sources]
+        terminal = [s.value for s, t in zip(sources, targets, strict=True) if t.is_terminal]
         row = self._user_write(
             params.job_id,
             params.tenant,
-            params.expected_status,
-            "status = ?, finished_at = COALESCE(?, finished_at)",
-            (target.value, finished),
+            sources,
+            f"status = CASE status {' '.join('WHEN ? THEN ?' for _ in sources)} END,"
+            f" finished_at = CASE WHEN status IN ({', '.join('?' * len(terminal)) or 'NULL'})"
+            " THEN ? ELSE finished_at END",
+            (
+                *[v for s, t in zip(sources, targets, strict=True) for v in (s.value, t.value)],
+                *terminal,
+                _ts(params.now),
+            ),
             params.now,
             audit=params.audit,
+            principal=params.principal,
         )
         if row is None:
             return None
-        if target is JobStatus.CANCELLING:
+        job = _job_from_row(row)
+        if job.status is JobStatus.CANCELLING:
             _HUB.publish(self._hub_key, [Notification("cancel", job_id=params.job_id)])
-        return _job_from_row(row)
+        return job
 
     def job_reprioritize(self, params: JobReprioritizeParams) -> Job | None:
         # A priority change is not a status change; it is recorded as a progress-free "priority" event.
         row = self._user_write(
             params.job_id,
             params.tenant,
-            JobStatus.PENDING,
+            (JobStatus.PENDING,),
             "priority = ?",
             (params.priority,),
             params.now,
@@ -809,7 +824,7 @@ class SqliteJobStore:
         row = self._user_write(
             params.job_id,
             params.tenant,
-            params.expected_status,
+            (params.expected_status,),
             "status = ?, attempts = 0, max_attempts = ?, run_after = ?, finished_at = NULL, error = NULL,"
             " result = NULL, stage = NULL, progress = NULL, message = NULL",
             (params.edge.target.value, params.max_attempts, _ts(params.now)),
