@@ -9,7 +9,8 @@ they do for any submission. About 10% of the jobs have a higher priority and 0.1
 jobs, in turn:
 
 - `position`: JobStore.job_queue_position (one statement: the job, then the per-block counts);
-- `position_tenant`: the same for the job's tenant (a transaction as the row-level-security role);
+- `position_tenant`: the same for the job's tenant (as the row-level-security role: the switch and the
+  statement in one pipelined round trip);
 - `old_count`: the previous implementation, counting the jobs ahead in the claim index, on PostgreSQL; a
   mismatch between the two answers raises;
 - `select_1`: a bare round trip, the floor under both (on a busy machine, its p99 shows the scheduler).

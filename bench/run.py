@@ -252,35 +252,49 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def pickup(backend: str, count: int) -> dict[str, float]:
-    """Submit one job at a time; from the submit call to the handler's start, as the handler recorded it.
+def stamp_latencies(
+    service: JobService, submit: Callable[[str], UUID], count: int, prefix: str
+) -> list[float]:
+    """ms from each submit to its handler's start, one job at a time, for `count` jobs after one that
+    warms the worker (and the submit path's connection).
 
     The harness learns of the start as it does for the peers: the handler pushes its start time to a Redis
     list and the harness waits in BLPOP (polling the database every ms while the worker claims would load
     the very server being measured), then waits until the store shows the job done."""
     redis_client = redis.Redis.from_url(bench.handlers.REDIS_URL)
+    latencies = []
+    try:
+        for index in range(count + 1):
+            key = f"{prefix}:{os.getpid()}:{index}"
+            submitted = time.time()
+            job_id = submit(key)
+            popped = redis_client.blpop([key], timeout=30)
+            if popped is None:
+                raise TimeoutError(f"job {job_id} did not start within 30 s")
+            if index:
+                latencies.append((float(popped[1]) - submitted) * 1000)
+            wait_for(lambda: service.get(job_id).status is JobStatus.COMPLETED, 30)  # noqa: B023
+    finally:
+        redis_client.close()
+    return latencies
+
+
+def pickup(backend: str, count: int) -> dict[str, float]:
+    """Pickup through the Python submit path: JobService.submit, then the worker's claim and start."""
     with database(backend) as url, tempfile.TemporaryDirectory() as workdir:
         store = open_store(url)
         service = JobService(store, registry=default_registry)
         proc = start_worker(url, workdir, "--concurrency", "4")
+
+        def submit(key: str) -> UUID:
+            return service.submit(SubmitRequest(kind="bench.stamp", params={"key": key})).job.id
+
         try:
-            warm = service.submit(SubmitRequest(kind="bench.stamp")).job
-            wait_for(lambda: service.get(warm.id).status is JobStatus.COMPLETED, 60)
-            latencies = []
-            for index in range(count):
-                key = f"jobmill:bench:stamp:{os.getpid()}:{index}"
-                submitted = time.time()
-                job = service.submit(SubmitRequest(kind="bench.stamp", params={"key": key})).job
-                popped = redis_client.blpop([key], timeout=30)
-                if popped is None:
-                    raise TimeoutError(f"job {job.id} did not start within 30 s")
-                latencies.append((float(popped[1]) - submitted) * 1000)
-                wait_for(lambda j=job.id: service.get(j).status is JobStatus.COMPLETED, 30)  # type: ignore[misc]
+            latencies = stamp_latencies(service, submit, count, "jobmill:bench:stamp")
         finally:
             proc.terminate()
             proc.wait(30)
             store.close()
-            redis_client.close()
     return {"p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99)}
 
 
@@ -289,7 +303,6 @@ def pickup_http(backend: str, count: int) -> dict[str, float]:
     connection), then the same worker, handler stamp and BLPOP as `pickup`."""
     import httpx
 
-    redis_client = redis.Redis.from_url(bench.handlers.REDIS_URL)
     with (
         database(backend) as url,
         tempfile.TemporaryDirectory() as folder,
@@ -307,26 +320,17 @@ def pickup_http(backend: str, count: int) -> dict[str, float]:
                     base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
                 ) as client,
             ):
-                latencies = []
-                for index in range(count + 1):  # the first one warms the connection and the worker
-                    key_name = f"jobmill:bench:stamp-http:{os.getpid()}:{index}"
-                    submitted = time.time()
-                    answer = client.post(
-                        "/api/v1/jobs", json={"kind": "bench.stamp", "params": {"key": key_name}}
-                    )
+
+                def submit(key: str) -> UUID:
+                    answer = client.post("/api/v1/jobs", json={"kind": "bench.stamp", "params": {"key": key}})
                     answer.raise_for_status()
-                    popped = redis_client.blpop([key_name], timeout=30)
-                    if popped is None:
-                        raise TimeoutError(f"job {answer.json()['id']} did not start within 30 s")
-                    if index:
-                        latencies.append((float(popped[1]) - submitted) * 1000)
-                    job_id = UUID(answer.json()["id"])
-                    wait_for(lambda: service.get(job_id).status is JobStatus.COMPLETED, 30)  # noqa: B023
+                    return UUID(answer.json()["id"])
+
+                latencies = stamp_latencies(service, submit, count, "jobmill:bench:stamp-http")
         finally:
             proc.terminate()
             proc.wait(30)
             store.close()
-            redis_client.close()
     return {"http_p50_ms": statistics.median(latencies), "http_p99_ms": percentile(latencies, 99)}
 
 
