@@ -158,12 +158,17 @@ class JobCancelParams:
     principal: str | None = None  # when set, only a job this principal submitted
 
     def __post_init__(self) -> None:
-        sources = [status for e in self.edges for status in e.sources]
-        if not sources or any(len(e.sources) != 1 for e in self.edges) or len(set(sources)) != len(sources):
+        if (
+            not self.edges
+            or any(len(e.sources) != 1 for e in self.edges)
+            or len(self.moves) != len(self.edges)
+        ):
             raise ValueError(f"each cancel edge needs its own single source status: {self.edges}")
 
-    def target_of(self, source: JobStatus) -> JobStatus:
-        return next(e.target for e in self.edges if source in e.sources)
+    @property
+    def moves(self) -> dict[JobStatus, JobStatus]:
+        """Source status -> target status, one per edge, in the edges' order."""
+        return {source: e.target for e in self.edges for source in e.sources}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1045,9 +1045,9 @@ class PostgresJobStore:
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
         # Each source status moves to its own edge's target; SET reads the row's status before the write.
-        sources = [status for e in params.edges for status in e.sources]
-        status_case = " ".join(f"WHEN {_status(s)} THEN {_status(params.target_of(s))}" for s in sources)
-        terminal = [s for s in sources if params.target_of(s).is_terminal]
+        moves = params.moves
+        status_case = " ".join(f"WHEN {_status(s)} THEN {_status(t)}" for s, t in moves.items())
+        terminal = [s for s, t in moves.items() if t.is_terminal]
         finished = (
             f"CASE WHEN status IN {_status_in(terminal)} THEN %(now)s ELSE finished_at END"
             if terminal
@@ -1056,7 +1056,7 @@ class PostgresJobStore:
         return self._user_write(
             params.job_id,
             params.tenant,
-            sources,
+            moves,
             f"status = CASE status {status_case} END, finished_at = {finished}",
             {},
             params.now,

@@ -778,21 +778,16 @@ class SqliteJobStore:
 
     def job_cancel(self, params: JobCancelParams) -> Job | None:
         # Each source status moves to its own edge's target; SET reads the row's status before the write.
-        sources = [status for e in params.edges for status in e.sources]
-        targets = [params.target_of(s) for s in sources]
-        terminal = [s.value for s, t in zip(sources, targets, strict=True) if t.is_terminal]
+        moves = params.moves
+        terminal = [s.value for s, t in moves.items() if t.is_terminal]
         row = self._user_write(
             params.job_id,
             params.tenant,
-            sources,
-            f"status = CASE status {' '.join('WHEN ? THEN ?' for _ in sources)} END,"
+            moves,
+            f"status = CASE status {' '.join('WHEN ? THEN ?' for _ in moves)} END,"
             f" finished_at = CASE WHEN status IN ({', '.join('?' * len(terminal)) or 'NULL'})"
             " THEN ? ELSE finished_at END",
-            (
-                *[v for s, t in zip(sources, targets, strict=True) for v in (s.value, t.value)],
-                *terminal,
-                _ts(params.now),
-            ),
+            (*[v for s, t in moves.items() for v in (s.value, t.value)], *terminal, _ts(params.now)),
             params.now,
             audit=params.audit,
             principal=params.principal,
