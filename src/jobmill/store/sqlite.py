@@ -1,8 +1,9 @@
 """SQLite backend: one file in WAL mode, short write transactions, for a single machine.
 
-Several processes may share the file (API node and workers): writers take the lock with BEGIN IMMEDIATE
-and wait on it (busy timeout) instead of failing. Wake-ups reach stores of the same process at once;
-other processes notice new work and cancel requests by polling (JOBMILL_POLL_INTERVAL_S).
+Several processes may share the file (API node and workers): writers queue for their turn in the kernel
+(sqlite_turn), then take the lock with BEGIN IMMEDIATE and wait on it (busy timeout) instead of failing.
+Wake-ups reach stores of the same process at once; other processes notice new work and cancel requests
+by polling (JOBMILL_POLL_INTERVAL_S).
 `memory://` gives a private in-memory database with the same code, for users' unit tests.
 """
 
@@ -55,6 +56,7 @@ from jobmill.store.base import (
     WouldBlock,
 )
 from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
+from jobmill.store.sqlite_turn import TurnTimeout, open_turn
 
 JOB_COLUMNS = (
     "seq, id, tenant, principal, kind, queue, priority, params, status, stage, progress, message, attempts,"
@@ -285,6 +287,7 @@ class SqliteJobStore:
         else:
             raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db or memory://)")
         self._lock = threading.RLock()
+        self._turn = None if self._path == ":memory:" else open_turn(self._path)
         self._events_written = False
         try:
             self._conn = sqlite3.connect(
@@ -309,20 +312,36 @@ class SqliteJobStore:
         processes notice the new rows by polling.
         """
         with self._lock:
+            self._take_turn()
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"SQLite is locked: {exc}") from exc
-            self._events_written = False
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    raise StoreUnavailable(f"SQLite is locked: {exc}") from exc
+                self._events_written = False
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            finally:
+                if self._turn is not None:
+                    self._turn.release()
             if self._events_written:
                 _HUB.publish(self._hub_key, [Notification("events")])
+
+    def _take_turn(self) -> None:
+        """This process's turn among the writers of the file (see sqlite_turn), before SQLite's lock."""
+        if self._turn is None:
+            return
+        try:
+            self._turn.acquire(BUSY_TIMEOUT_S)
+        except TurnTimeout as exc:
+            raise StoreUnavailable(f"SQLite is locked: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot take the SQLite write turn: {exc}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -391,6 +410,9 @@ class SqliteJobStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._turn is not None:
+                self._turn.close()
+                self._turn = None
 
     # -- operations -----------------------------------------------------------------------------------
 
