@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         load = http_load.Load(clients=4, duration=0.5, warmup=0.1)
         http_ids, bulk_jobs, memory_jobs, deep_pending, deep_samples = 20, 300, 200, 2_000, 20
     else:
-        jobs, pickups, cancels, rounds = args.jobs, 200, 30, args.rounds
+        jobs, pickups, cancels, rounds = args.jobs, 500, 30, args.rounds
         load = http_load.Load(clients=args.http_clients, duration=args.http_duration, warmup=2.0)
         http_ids, bulk_jobs, memory_jobs = 1000, 20_000, args.memory_jobs
         deep_pending, deep_samples = args.deep_pending, args.deep_samples
