@@ -619,3 +619,21 @@ def test_a_deadlock_is_reported_as_contention_safe_to_retry() -> None:
     assert len(errors) == 1 and errors[0].sqlstate == "40P01"
     with pytest.raises(StoreContention):
         _translate(errors[0])
+
+
+def test_pending_migrations_lists_what_the_database_lacks() -> None:
+    require_server()
+    db = ScratchDatabase()
+    db.create()
+    try:
+        names = [m.name for m in load_migrations("postgres")]
+        store = PostgresJobStore(db.url)  # not migrated: PostgreSQL is migrated only on request
+        assert store.pending_migrations() == names
+        store.migrate()
+        assert store.pending_migrations() == []
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute("DELETE FROM jobmill_schema_migrations WHERE version = %s", (len(names),))
+        assert store.pending_migrations() == names[-1:]
+        store.close()
+    finally:
+        db.drop()

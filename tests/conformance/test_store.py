@@ -20,6 +20,7 @@ from jobmill.errors import (
 )
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import Actor, JobService, RetryPolicy, SubmitRequest
+from jobmill.store import JobStore
 from jobmill.store.base import (
     Completion,
     JobCancelParams,
@@ -572,6 +573,10 @@ def test_api_keys(store: object, clock: FakeClock) -> None:
     )  # type: ignore[attr-defined]
     service = JobService(store, clock=clock)  # type: ignore[arg-type]
     assert [r.action for r in service.audit_log("t")] == ["key.revoke", "key.create"]
+
+
+def test_an_opened_store_lacks_no_migration(store: JobStore) -> None:
+    assert store.pending_migrations() == []
 
 
 def test_queue_stats(service: JobService, clock: FakeClock) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.postgres import ScratchDatabase, require_server
 from tests.support.processes import REPO
 
 
@@ -174,3 +175,26 @@ def test_worker_stopped_while_waiting_for_the_database_exits_0() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_worker_and_serve_refuse_an_unmigrated_postgres_database_in_one_line() -> None:
+    """Regression: a worker on a database without the schema retried its failing claim forever, one
+    warning a second; it now says what to run."""
+    require_server()
+    db = ScratchDatabase()
+    db.create()
+    try:
+        env = {"JOBMILL_DATABASE_URL": db.url}
+        for command in (
+            ("worker", "--app", "jobmill.demo.handlers", "--burst"),
+            ("serve", "--port", "1", "--no-worker"),  # refused before it binds the port
+        ):
+            result = jobmill(*command, env=env)
+            assert result.returncode == 1, (command, result.stdout, result.stderr)
+            assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr, result.stderr
+            assert "run `jobmill migrate` first" in result.stderr and "0001_init" in result.stderr
+        assert jobmill("migrate", env=env).returncode == 0
+        worker = jobmill("worker", "--app", "jobmill.demo.handlers", "--burst", env=env)
+        assert worker.returncode == 0 and "worker stopped: 0 completed" in worker.stdout, worker.stderr
+    finally:
+        db.drop()

@@ -102,6 +102,7 @@ def worker(
     if store is None:
         typer.echo("worker stopped before it started")
         return
+    _require_schema(store)
     service = JobService(
         store,
         registry=default_registry,
@@ -124,6 +125,23 @@ def worker(
         f" {stats.cancelled} cancelled, {stats.released} handed back"
     )
     _stopped_cleanly.set()
+
+
+def _require_schema(store: JobStore) -> None:
+    """Refuse to start on a database without this version's schema: every claim would fail, and the
+    worker would retry it forever with one warning a second."""
+    try:
+        pending = store.pending_migrations()
+    except JobmillError as exc:
+        store.close()
+        raise _fail(str(exc), 1) from exc
+    if pending:
+        store.close()
+        raise _fail(
+            f"the database lacks {len(pending)} migration(s) of this version ({', '.join(pending)}):"
+            " run `jobmill migrate` first",
+            1,
+        )
 
 
 def _open_store_waiting(url: str, wait_s: float, stopped: Callable[[], bool]) -> JobStore | None:
@@ -230,6 +248,7 @@ def serve(
         services = build_services(settings, registry=default_registry if app_module else None)
     except JobmillError as exc:
         raise _fail(str(exc), 1) from exc
+    _require_schema(services.jobs.store)
     api = create_app(settings, services=services)
     runner = None
     if not no_worker and app_module:

@@ -553,6 +553,14 @@ class PostgresJobStore:
                 applied.append(migration.name)
         return applied
 
+    def pending_migrations(self) -> list[str]:
+        with self._connection() as conn:
+            if conn.execute("SELECT to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone() == (None,):
+                done: set[int] = set()
+            else:
+                done = {r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        return [m.name for m in load_migrations("postgres") if m.version not in done]
+
     def ping(self) -> None:
         """Raises StoreUnavailable unless the server answers within about PING_TIMEOUT_S.
 

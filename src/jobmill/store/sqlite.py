@@ -383,6 +383,16 @@ class SqliteJobStore:
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
+    def pending_migrations(self) -> list[str]:
+        with self._read() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+            ).fetchone()
+            done: set[int] = set()
+            if exists:
+                done = {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        return [m.name for m in load_migrations("sqlite") if m.version not in done]
+
     def migrate(self) -> list[str]:
         applied: list[str] = []
         with self._write() as conn:
