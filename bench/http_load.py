@@ -13,7 +13,7 @@ way for the bare endpoint and for jobmill, whose server runs exactly as `jobmill
 server copies its uvicorn settings: `asyncio.run(uvicorn.Server(Config(..., log_config=None,
 access_log=False, lifespan="on")).serve())`).
 
-`profile` runs the GET load against a jobmill server under py-spy (`pip install py-spy`) and prints
+`profile` runs the GET load against a jobmill server under py-spy (a dev dependency) and prints
 where the server's time goes (own and total samples per function), for a GET below its target.
 """
 
