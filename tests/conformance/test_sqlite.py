@@ -3,9 +3,12 @@ several processes queue for their turn in the kernel, and never wait forever for
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -13,6 +16,7 @@ from uuid import UUID
 import pytest
 
 import jobmill.store.sqlite
+import jobmill.store.sqlite_turn
 from jobmill.domain.job import JobStatus
 from jobmill.domain.transitions import Transition, edge
 from jobmill.errors import StoreUnavailable
@@ -176,4 +180,32 @@ def test_a_database_whose_lock_file_cannot_be_made_still_takes_writes(tmp_path: 
     service = JobService(store)
     job = service.submit(SubmitRequest(kind="k")).job
     assert service.get(job.id).status is JobStatus.PENDING
+    store.close()
+
+
+def test_a_wait_for_the_turn_that_fails_is_reported_at_once_not_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "jobs.db"
+    store = SqliteJobStore(f"sqlite:///{db}")
+    service = JobService(store)
+    holder = _hold_turn(db)
+    real_flock = jobmill.store.sqlite_turn.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:  # the helper's blocking wait
+            raise OSError(errno.ENOLCK, "No locks available")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(jobmill.store.sqlite_turn.fcntl, "flock", flock)
+    try:
+        started = time.monotonic()
+        failed = r"cannot take the SQLite write turn: .*No locks available"
+        with pytest.raises(StoreUnavailable, match=failed):
+            service.submit(SubmitRequest(kind="k"))
+        assert time.monotonic() - started < 5  # the deadline is BUSY_TIMEOUT_S = 30 s
+    finally:
+        _end(holder)
+    monkeypatch.undo()
+    assert service.submit(SubmitRequest(kind="k")).job.status is JobStatus.PENDING
     store.close()

@@ -287,7 +287,6 @@ class SqliteJobStore:
         else:
             raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db or memory://)")
         self._lock = threading.RLock()
-        self._turn = None if self._path == ":memory:" else open_turn(self._path)
         self._events_written = False
         try:
             self._conn = sqlite3.connect(
@@ -295,6 +294,8 @@ class SqliteJobStore:
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {exc}") from exc
+        # Opened once the database is, so that a file that cannot be opened leaves no descriptor behind.
+        self._turn = None if self._path == ":memory:" else open_turn(self._path)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a crash of the machine may lose the last commits, never corrupt the file.

@@ -34,7 +34,8 @@ class _Waiter:
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.got = threading.Event()
+        self.done = threading.Event()  # set once the helper has the turn or failed to get it
+        self.error: OSError | None = None
         self._guard = threading.Lock()
         self._abandoned = False
         threading.Thread(target=self._wait, name="jobmill-sqlite-turn", daemon=True).start()
@@ -42,21 +43,22 @@ class _Waiter:
     def _wait(self) -> None:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except OSError:
-            log.exception("waiting for the SQLite write turn failed")
+        except OSError as exc:
             os.close(self.fd)
+            self.error = exc
+            self.done.set()  # the caller raises it at once rather than waiting out its deadline
             return
         with self._guard:
             if not self._abandoned:
-                self.got.set()
+                self.done.set()
                 return
         fcntl.flock(self.fd, fcntl.LOCK_UN)  # the caller gave up: pass the turn on at once
         os.close(self.fd)
 
     def abandon(self) -> bool:
-        """Give up waiting; False if the turn arrived meanwhile (the caller holds it after all)."""
+        """Give up waiting; False if the helper finished meanwhile (the caller takes its outcome)."""
         with self._guard:
-            if self.got.is_set():
+            if self.done.is_set():
                 return False
             self._abandoned = True
             return True
@@ -80,8 +82,10 @@ class WriterTurn:
             self._held = self._fd
             return
         waiter = _Waiter(self.path)
-        if not waiter.got.wait(timeout) and waiter.abandon():
+        if not waiter.done.wait(timeout) and waiter.abandon():
             raise TurnTimeout(f"another process held the SQLite write turn ({self.path}) for {timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
         self._held = waiter.fd
 
     def release(self) -> None:
