@@ -69,7 +69,7 @@ from jobmill.store.base import (
     Subscription,
     WouldBlock,
 )
-from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
+from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations, missing_migrations
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +559,7 @@ class PostgresJobStore:
                 done: set[int] = set()
             else:
                 done = {r[0] for r in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
-        return [m.name for m in load_migrations("postgres") if m.version not in done]
+        return missing_migrations("postgres", done)
 
     def ping(self) -> None:
         """Raises StoreUnavailable unless the server answers within about PING_TIMEOUT_S.

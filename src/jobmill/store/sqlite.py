@@ -55,7 +55,7 @@ from jobmill.store.base import (
     Subscription,
     WouldBlock,
 )
-from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations
+from jobmill.store.migrations import MIGRATIONS_TABLE, load_migrations, missing_migrations
 from jobmill.store.sqlite_turn import TurnTimeout, open_turn
 
 JOB_COLUMNS = (
@@ -392,7 +392,7 @@ class SqliteJobStore:
             done: set[int] = set()
             if exists:
                 done = {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
-        return [m.name for m in load_migrations("sqlite") if m.version not in done]
+        return missing_migrations("sqlite", done)
 
     def migrate(self) -> list[str]:
         applied: list[str] = []

@@ -29,3 +29,8 @@ def load_migrations(dialect: str) -> list[Migration]:
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"{dialect} migrations are not numbered 1..n without gaps: {versions}")
     return found
+
+
+def missing_migrations(dialect: str, applied: set[int]) -> list[str]:
+    """The names of the migrations of `dialect` whose versions are not in `applied`, oldest first."""
+    return [m.name for m in load_migrations(dialect) if m.version not in applied]
