@@ -23,6 +23,7 @@ from jobmill.errors import Forbidden, IdempotencyConflict, InvalidTransition, Jo
 from jobmill.handlers import HandlerRegistry, check_name
 from jobmill.store.base import (
     AuditListParams,
+    ClaimHeld,
     Completion,
     EventListParams,
     JobCancelParams,
@@ -262,7 +263,11 @@ class JobService:
 
     # -- worker side ----------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, queues: Sequence[str], limit: int) -> list[Job]:
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, on_held: ClaimHeld | None = None
+    ) -> list[Job]:
+        """Up to `limit` runnable jobs for this worker, running under a new lease. With `on_held`, the
+        caller may start them before the claim is durable (see JobStore.job_claim)."""
         now = self.clock()
         return self.store.job_claim(
             JobClaimParams(
@@ -272,7 +277,8 @@ class JobService:
                 now=now,
                 lease_expires_at=now + timedelta(seconds=self.lease_s),
                 edge=edge(Transition.CLAIM),
-            )
+            ),
+            on_held,
         )
 
     def heartbeat(self, leases: Sequence[Lease]) -> dict[UUID, JobStatus]:

@@ -8,7 +8,7 @@ from uuid import uuid4
 
 import pytest
 
-from jobmill.domain.job import JobStatus
+from jobmill.domain.job import Job, JobStatus
 from jobmill.domain.transitions import Transition, edge
 from jobmill.errors import (
     Forbidden,
@@ -197,6 +197,45 @@ def test_claim_from_several_queues(service: JobService) -> None:
     b = submit(service, queue="b", priority=2)
     submit(service, queue="c", priority=3)
     assert [j.id for j in service.claim("w", ["a", "b"], 10)] == [b.id, a.id]  # type: ignore[attr-defined]
+
+
+def test_a_claim_hands_its_jobs_to_on_held_before_it_commits(
+    store_factory: StoreFactory, backend: str, clock: FakeClock
+) -> None:
+    """What lets an idle worker start its handlers while the claim's commit is flushed: on_held hears of
+    exactly the claimed jobs, in claim order, while any other connection still sees them pending."""
+    if backend == "memory":
+        pytest.skip("an in-memory store is one connection: no other one could look")
+    service = JobService(store_factory(), clock=clock)
+    observer = JobService(store_factory(), clock=clock)
+    jobs = [submit(service, priority=p) for p in (0, 5, 0)]
+    seen: list[tuple[list[object], list[JobStatus]]] = []
+
+    def on_held(held: list[Job]) -> None:
+        seen.append(([j.id for j in held], [observer.get(j.id).status for j in held]))
+
+    claimed = service.claim("w", ["default"], 2, on_held)
+    assert [j.id for j in claimed] == [jobs[1].id, jobs[0].id]  # type: ignore[attr-defined]
+    assert seen == [([j.id for j in claimed], [JobStatus.PENDING, JobStatus.PENDING])]
+    assert all(observer.get(j.id).status is JobStatus.RUNNING for j in claimed)
+    assert [j.id for j in service.claim("w", ["default"], 5, on_held)] == [jobs[2].id]  # type: ignore[attr-defined]
+    assert service.claim("w", ["default"], 5, on_held) == []
+    assert len(seen) == 2  # an empty claim tells nobody
+
+
+def test_a_claim_whose_on_held_raises_claims_nothing(service: JobService) -> None:
+    jobs = [submit(service) for _ in range(2)]
+
+    def refuse(held: list[Job]) -> None:
+        raise RuntimeError("the caller cannot take them")
+
+    with pytest.raises(RuntimeError, match="cannot take them"):
+        service.claim("w", ["default"], 5, refuse)
+    for position, job in enumerate(jobs, start=1):
+        after = service.get(job.id)  # type: ignore[attr-defined]
+        assert after.status is JobStatus.PENDING and after.attempts == 0 and after.lease_token is None
+        assert service.queue_position(after.id) == position
+    assert [j.id for j in service.claim("w", ["default"], 5)] == [j.id for j in jobs]  # type: ignore[attr-defined]
 
 
 def test_a_claimed_job_equals_what_is_stored(service: JobService) -> None:

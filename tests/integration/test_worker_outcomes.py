@@ -102,3 +102,137 @@ def test_a_starting_worker_removes_workdirs_no_live_attempt_owns(tmp_path: Path)
     assert not any(p.exists() for p in (*leftovers, stale_attempt))
     assert live.is_dir() and unrelated.is_dir()
     store.close()
+
+
+# Fails the COMMIT of the first transaction that claims a job, and only that one: a deferred constraint
+# trigger runs at commit time, and a sequence (not rolled back with the transaction) counts the tries.
+FAIL_FIRST_CLAIM_COMMIT = """
+CREATE SEQUENCE test_claim_commits;
+CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('test_claim_commits') = 1 THEN
+        RAISE EXCEPTION 'this claim does not commit';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_fail_first_claim AFTER UPDATE ON jobmill_jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_fail_first_claim();
+"""
+UNDO_FAIL_FIRST_CLAIM_COMMIT = """
+DROP TRIGGER IF EXISTS test_fail_first_claim ON jobmill_jobs;
+DROP FUNCTION IF EXISTS test_fail_first_claim();
+DROP SEQUENCE IF EXISTS test_claim_commits;
+"""
+
+
+def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_again(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """An idle worker starts a claim's handlers before the commit returns (see Worker._claim). When the
+    commit fails, the handler already running is stopped, nothing is written under its lease, and the
+    job, still pending, runs once more on a later claim."""
+    import time
+
+    import psycopg
+
+    runs: list[str] = []
+    first_ran_s: list[float] = []
+
+    async def slow_then_quick(ctx: JobContext) -> str:
+        if runs:
+            runs.append("second")
+            return "second run"
+        runs.append("first")
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            runs.append("first stopped")
+            first_ran_s.append(time.monotonic() - started)
+            raise
+        return "first run"
+
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("t.slow", slow_then_quick, queue="q"))
+    store = open_store(pg_url)
+    service = JobService(store, registry=registry)
+    job = service.submit(SubmitRequest(kind="t.slow")).job
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(FAIL_FIRST_CLAIM_COMMIT)
+        try:
+            worker = Worker(
+                service,
+                registry,
+                WorkerConfig(
+                    queues=["q"],
+                    concurrency=2,
+                    burst=True,
+                    poll_interval_s=0.5,  # the first heartbeat would stop it too, but only after this
+                    cancel_grace_s=1,
+                    workdir_root=tmp_path / "work",
+                ),
+            )
+            stats = asyncio.run(asyncio.wait_for(worker.run(), 20))
+        finally:
+            conn.execute(UNDO_FAIL_FIRST_CLAIM_COMMIT)
+    assert runs == ["first", "first stopped", "second"]
+    assert first_ran_s[0] < 0.25  # stopped by the failed commit itself, not by a later heartbeat
+    assert stats.lost == 1 and stats.completed == 1
+    done = service.get(job.id)
+    # The failed claim left no trace: one attempt, the second run's result.
+    assert done.status is JobStatus.COMPLETED and done.attempts == 1 and done.result == "second run"
+    assert [e.type for e in service.events(job.id)] == ["status", "status", "status"]
+    store.close()
+
+
+# Makes every COMMIT of a claim slow (a deferred trigger sleeps at commit time): long enough that a quick
+# handler reports progress and returns while its claim is still committing.
+SLOW_CLAIM_COMMIT = """
+CREATE FUNCTION test_slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.3);
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_slow_claim AFTER UPDATE ON jobmill_jobs
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_slow_claim();
+"""
+UNDO_SLOW_CLAIM_COMMIT = """
+DROP TRIGGER IF EXISTS test_slow_claim ON jobmill_jobs;
+DROP FUNCTION IF EXISTS test_slow_claim();
+"""
+
+
+def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A statement that ran before the claim's commit would see the job still pending and be refused:
+    the progress report and the completion of a handler that beat its claim's commit wait for it."""
+    import psycopg
+
+    async def quick(ctx: JobContext) -> str:
+        await ctx.progress(50, "half way")
+        return "done"
+
+    registry = HandlerRegistry()
+    registry.register(HandlerSpec("t.quick", quick, queue="q"))
+    store = open_store(pg_url)
+    service = JobService(store, registry=registry)
+    job = service.submit(SubmitRequest(kind="t.quick")).job
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(SLOW_CLAIM_COMMIT)
+        try:
+            worker = Worker(
+                service,
+                registry,
+                WorkerConfig(queues=["q"], concurrency=2, burst=True, workdir_root=tmp_path / "work"),
+            )
+            stats = asyncio.run(asyncio.wait_for(worker.run(), 20))
+        finally:
+            conn.execute(UNDO_SLOW_CLAIM_COMMIT)
+    assert stats.completed == 1 and stats.lost == 0
+    done = service.get(job.id)
+    assert done.status is JobStatus.COMPLETED and done.result == "done" and done.progress == 50
+    assert [e.type for e in service.events(job.id)] == ["status", "status", "progress", "status"]
+    store.close()

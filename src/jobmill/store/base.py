@@ -88,6 +88,10 @@ class JobClaimParams:
     edge: Edge
 
 
+# Called with the jobs of a claim once they are held (see JobStore.job_claim).
+ClaimHeld = Callable[[list[Job]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class JobHeartbeatParams:
     leases: Sequence[Lease]
@@ -315,7 +319,15 @@ class JobStore(Protocol):
 
     def job_list(self, params: JobListParams) -> list[Job]: ...
 
-    def job_claim(self, params: JobClaimParams) -> list[Job]: ...
+    def job_claim(self, params: JobClaimParams, on_held: ClaimHeld | None = None) -> list[Job]:
+        """Take up to `limit` runnable jobs for a worker, in claim order.
+
+        `on_held`, when given, is called with the jobs (never with none) once the claim holds their rows
+        and before it commits, so that an idle worker starts its handlers while the database flushes the
+        commit. If `on_held` raises, nothing is claimed and the exception propagates; if the commit then
+        fails, job_claim raises StoreError and the caller must stop what it started. Until the claim has
+        committed, other connections see the jobs pending: a write under the new lease must wait for it."""
+        ...
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
         """Extend the leases still held; returns their jobs' current statuses (a lost lease is absent)."""

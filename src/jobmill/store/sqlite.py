@@ -28,6 +28,7 @@ from jobmill.store.base import (
     ApiKeyListParams,
     ApiKeyRevokeParams,
     AuditListParams,
+    ClaimHeld,
     EventListParams,
     JobCancelParams,
     JobClaimParams,
@@ -563,7 +564,7 @@ class SqliteJobStore:
         with self._read() as conn:
             return [_job_from_row(r) for r in conn.execute(sql, args)]
 
-    def job_claim(self, params: JobClaimParams) -> list[Job]:
+    def job_claim(self, params: JobClaimParams, on_held: ClaimHeld | None = None) -> list[Job]:
         if not params.queues or params.limit <= 0:
             return []
         (source,) = params.edge.sources
@@ -591,11 +592,13 @@ class SqliteJobStore:
                 ),
             ).fetchall()
             self._append_events(conn, rows, "status", params.now, {"attempt_by": params.worker_id})
-        # What the claim wrote is the same for every row: converted once (as a later read would convert it).
-        status, started, expires = params.edge.target, _dt(now), _dt(_ts(params.lease_expires_at))
-        lease = UUID(token)
-        jobs = [_claimed_job(r, status, params.worker_id, lease, expires, started) for r in rows]
-        jobs.sort(key=lambda j: (-j.priority, j.seq))
+            # What the claim wrote is the same for every row: converted once (as a later read would).
+            status, started, expires = params.edge.target, _dt(now), _dt(_ts(params.lease_expires_at))
+            lease = UUID(token)
+            jobs = [_claimed_job(r, status, params.worker_id, lease, expires, started) for r in rows]
+            jobs.sort(key=lambda j: (-j.priority, j.seq))
+            if jobs and on_held is not None:
+                on_held(jobs)  # before the COMMIT, as on PostgreSQL: if it raises, nothing was claimed
         return jobs
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:

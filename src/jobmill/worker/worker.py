@@ -82,6 +82,10 @@ class RunningJob:
     task: asyncio.Task[Any] | None = None  # set while the handler runs (and may be interrupted)
     stop_reason: StopReason | None = None
     finishing: bool = False  # the handler returned; its record is being written
+    # The claim that started this job, while its commit may still be in flight: it resolves True once
+    # the claim is durable, False if it failed. Until then nothing is written under the lease: a
+    # statement would see the job as it was before the claim and be refused.
+    claim: asyncio.Future[bool] | None = None
 
 
 @dataclass
@@ -289,12 +293,39 @@ class Worker:
 
     async def _claim(self, count: int, job_tasks: set[asyncio.Task[None]]) -> None:
         """One claim of up to `count` jobs for slots reserved by the claim loop."""
-        assert self._wake is not None
+        assert self._wake is not None and self._loop is not None
+        loop = self._loop
+        started: set[UUID] = set()  # the jobs of this claim that run already (loop side only)
+        committed: asyncio.Future[bool] = loop.create_future()
+
+        def start_held(jobs: list[Job]) -> None:
+            for job in jobs:
+                started.add(job.id)
+                self._start(job, job_tasks, committed)
+
+        def on_held(jobs: list[Job]) -> None:
+            # On the database thread, before the claim's commit returns: the handlers start while the
+            # database flushes it. (The loop runs this before it sees the claim return: both are queued
+            # by call_soon_threadsafe, this one first.)
+            loop.call_soon_threadsafe(start_held, jobs)
+
+        # Only an idle worker starts jobs before its claim commits: there, the commit's flush is pickup
+        # latency. A busy one takes the single-round-trip claim (no BEGIN and COMMIT of its own, no
+        # per-claim future): its claims overlap each other and the jobs, and throughput is what counts.
+        early = not self._running and len(self._claims) <= 1
         try:
             try:
-                claimed = await self._db(self.service.claim, self.worker_id, self.config.queues, count)
+                claimed = await self._db(
+                    self.service.claim, self.worker_id, self.config.queues, count, on_held if early else None
+                )
             except StoreError as exc:
                 log.warning("claim failed, retrying: %s", exc)
+                # Jobs started from a claim that did not commit are not this worker's: stop them, and
+                # write nothing for them.
+                committed.set_result(False)
+                for job_id in started:
+                    if (running := self._running.get(job_id)) is not None:
+                        self._stop_job(running, StopReason.LEASE_LOST)
                 # The reservation is held meanwhile, which keeps this worker from hammering a database
                 # that is away.
                 await asyncio.sleep(self.config.poll_interval_s * 4)
@@ -303,8 +334,10 @@ class Worker:
             # Fewer than asked: the queues were empty a moment ago (burst mode stops on that, once
             # nothing else is in flight or running).
             self._queues_empty = len(claimed) < count
+            committed.set_result(True)
             for job in claimed:
-                self._start(job, job_tasks)
+                if job.id not in started:
+                    self._start(job, job_tasks)
             if not self._queues_empty:
                 self._wake.set()  # more work is likely (a full batch): claim again now
             elif self.config.burst:
@@ -336,7 +369,9 @@ class Worker:
             if self._change_counter != start:
                 return
 
-    def _start(self, job: Job, job_tasks: set[asyncio.Task[None]]) -> None:
+    def _start(
+        self, job: Job, job_tasks: set[asyncio.Task[None]], claim: asyncio.Future[bool] | None = None
+    ) -> None:
         assert job.lease_token is not None
         self.stats.claimed += 1
         if job.started_at is not None:
@@ -349,13 +384,13 @@ class Worker:
             params=job.params,
             attempt=job.attempts,
             workdir=os.path.join(self._workdir_root, workdir_name(job.id, job.attempts)),
-            sink=_StoreSink(self, lease),
+            sink=_StoreSink(self, lease, claim),
             cancel_grace_s=self.config.cancel_grace_s,
             inputs=job.inputs,
             tenant=job.tenant,
             blobs=self.blobs,
         )
-        running = RunningJob(job, lease, ctx)
+        running = RunningJob(job, lease, ctx, claim=claim if claim is not None and not claim.done() else None)
         self._running[job.id] = running
         # One task per job: the handler runs inside it (see _invoke), so a no-op job costs one task.
         task = asyncio.create_task(self._execute(running))
@@ -401,6 +436,8 @@ class Worker:
                 # The handler is done: its slot is free now, so the next claim overlaps the write of
                 # this outcome instead of waiting for it (claims and completions pipeline).
                 self._release_slot(job.id)
+            if not await claim_committed(running.claim):
+                outcome = "stopped", StopReason.LEASE_LOST  # the job never was this worker's
             run_s = time.monotonic() - started
             if outcome[0] == "ok":
                 bad = _not_json(outcome[1])
@@ -683,7 +720,10 @@ class Worker:
                     self._stop_job(running, StopReason.CANCEL)
 
     async def _renew_leases(self) -> None:
-        active = [r for r in self._running.values() if not r.finishing]
+        # (A lease whose claim is still committing is fresh, and a heartbeat would not find it yet.)
+        active = [
+            r for r in self._running.values() if not r.finishing and (r.claim is None or r.claim.done())
+        ]
         if not active:
             return
         try:
@@ -711,6 +751,12 @@ class Worker:
             except StoreError as exc:
                 log.warning("lease reaper failed: %s", exc)
             await asyncio.sleep(interval)
+
+
+async def claim_committed(claim: asyncio.Future[bool] | None) -> bool:
+    """Wait until the claim of a job that started before its commit returned is durable: True, or it
+    failed: False. Shielded: a job stopped meanwhile must not cancel the claim's future for its peers."""
+    return True if claim is None else await asyncio.shield(claim)
 
 
 def workdir_name(job_id: UUID, attempt: int) -> str:
@@ -754,9 +800,12 @@ def describe_error(exc: BaseException | None) -> JsonObject:
 class _StoreSink:
     """Progress of an in-worker handler goes straight to the store, under the job's lease."""
 
-    def __init__(self, worker: Worker, lease: Lease) -> None:
+    def __init__(self, worker: Worker, lease: Lease, claim: asyncio.Future[bool] | None) -> None:
         self._worker = worker
         self._lease = lease
+        self._claim = claim
 
     async def report(self, stage: str | None, progress: float | None, message: str | None) -> None:
+        if not await claim_committed(self._claim):
+            return  # the claim failed: the job is being stopped, and the lease never held
         await self._worker._db(self._worker.service.set_progress, self._lease, stage, progress, message)
