@@ -31,6 +31,7 @@ import psycopg
 import psycopg_pool
 from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import set_json_loads
 
 from jobmill.domain.admin import ApiKeyRecord, AuditEntry, AuditRecord
@@ -870,12 +871,22 @@ class PostgresJobStore:
         if on_held is None:
             return claimed(self._all(sql, args))  # one round trip: the statement is its own transaction
         # The rows are locked once the statement has run: the caller hears of its jobs then, and starts
-        # them while the COMMIT waits for its WAL flush (about a millisecond: half of an idle queue's pickup
-        # latency). BEGIN goes out with the statement; COMMIT (or ROLLBACK) leaves with the blocks.
-        with self._connection() as conn, conn.pipeline(), conn.transaction():
-            jobs = claimed(conn.execute(sql, args).fetchall())
-            if jobs:
-                on_held(jobs)
+        # them while the COMMIT waits for its WAL flush. BEGIN, the statement and a flush request go out
+        # together, so the rows come back in one round trip, before the commit. (The explicit BEGIN matters:
+        # an implicit transaction would be committed by the Sync that ends the pipeline even when on_held
+        # raised. psycopg's own transaction() costs a round trip of its own here.)
+        with self._connection() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    jobs = claimed(conn.execute(sql, args).fetchall())
+                    if jobs:
+                        on_held(jobs)
+                    conn.execute("COMMIT")
+            except BaseException:
+                if not conn.broken and conn.info.transaction_status is not TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+                raise
         return jobs
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
