@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import JobService, SubmitRequest
 from jobmill.store import open_store
 from jobmill.worker.context import JobContext
-from jobmill.worker.worker import Worker, WorkerConfig, workdir_name
+from jobmill.worker.worker import Worker, WorkerConfig, WorkerStats, workdir_name
 
 
 async def returns_params_value(ctx: JobContext) -> Any:
@@ -119,11 +120,27 @@ CREATE CONSTRAINT TRIGGER test_fail_first_claim AFTER UPDATE ON jobmill_jobs
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_fail_first_claim();
 """
-UNDO_FAIL_FIRST_CLAIM_COMMIT = """
-DROP TRIGGER IF EXISTS test_fail_first_claim ON jobmill_jobs;
-DROP FUNCTION IF EXISTS test_fail_first_claim();
-DROP SEQUENCE IF EXISTS test_claim_commits;
-"""
+
+
+def run_worker_with_sql(
+    pg_url: str, service: JobService, registry: HandlerRegistry, config: WorkerConfig, sql: str
+) -> WorkerStats:
+    """A burst worker run while `sql` (triggers of the tests below) is in place; they go afterwards, as
+    they would otherwise outlive the test in the session's database (truncation keeps triggers)."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql)
+        try:
+            return asyncio.run(asyncio.wait_for(Worker(service, registry, config).run(), 20))
+        finally:
+            conn.execute(
+                "DROP TRIGGER IF EXISTS test_fail_first_claim ON jobmill_jobs;"
+                " DROP FUNCTION IF EXISTS test_fail_first_claim();"
+                " DROP SEQUENCE IF EXISTS test_claim_commits;"
+                " DROP TRIGGER IF EXISTS test_slow_claim ON jobmill_jobs;"
+                " DROP FUNCTION IF EXISTS test_slow_claim();"
+            )
 
 
 def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_again(
@@ -132,9 +149,6 @@ def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_agai
     """An idle worker starts a claim's handlers before the commit returns (see Worker._claim). When the
     commit fails, the handler already running is stopped, nothing is written under its lease, and the
     job, still pending, runs once more on a later claim."""
-    import time
-
-    import psycopg
 
     runs: list[str] = []
     first_ran_s: list[float] = []
@@ -158,24 +172,15 @@ def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_agai
     store = open_store(pg_url)
     service = JobService(store, registry=registry)
     job = service.submit(SubmitRequest(kind="t.slow")).job
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(FAIL_FIRST_CLAIM_COMMIT)
-        try:
-            worker = Worker(
-                service,
-                registry,
-                WorkerConfig(
-                    queues=["q"],
-                    concurrency=2,
-                    burst=True,
-                    poll_interval_s=0.5,  # the first heartbeat would stop it too, but only after this
-                    cancel_grace_s=1,
-                    workdir_root=tmp_path / "work",
-                ),
-            )
-            stats = asyncio.run(asyncio.wait_for(worker.run(), 20))
-        finally:
-            conn.execute(UNDO_FAIL_FIRST_CLAIM_COMMIT)
+    config = WorkerConfig(
+        queues=["q"],
+        concurrency=2,
+        burst=True,
+        poll_interval_s=0.5,  # the first heartbeat would stop it too, but only after this
+        cancel_grace_s=1,
+        workdir_root=tmp_path / "work",
+    )
+    stats = run_worker_with_sql(pg_url, service, registry, config, FAIL_FIRST_CLAIM_COMMIT)
     assert runs == ["first", "first stopped", "second"]
     assert first_ran_s[0] < 0.25  # stopped by the failed commit itself, not by a later heartbeat
     assert stats.lost == 1 and stats.completed == 1
@@ -198,10 +203,6 @@ CREATE CONSTRAINT TRIGGER test_slow_claim AFTER UPDATE ON jobmill_jobs
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_slow_claim();
 """
-UNDO_SLOW_CLAIM_COMMIT = """
-DROP TRIGGER IF EXISTS test_slow_claim ON jobmill_jobs;
-DROP FUNCTION IF EXISTS test_slow_claim();
-"""
 
 
 def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
@@ -209,7 +210,6 @@ def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
 ) -> None:
     """A statement that ran before the claim's commit would see the job still pending and be refused:
     the progress report and the completion of a handler that beat its claim's commit wait for it."""
-    import psycopg
 
     async def quick(ctx: JobContext) -> str:
         await ctx.progress(50, "half way")
@@ -220,17 +220,8 @@ def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
     store = open_store(pg_url)
     service = JobService(store, registry=registry)
     job = service.submit(SubmitRequest(kind="t.quick")).job
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(SLOW_CLAIM_COMMIT)
-        try:
-            worker = Worker(
-                service,
-                registry,
-                WorkerConfig(queues=["q"], concurrency=2, burst=True, workdir_root=tmp_path / "work"),
-            )
-            stats = asyncio.run(asyncio.wait_for(worker.run(), 20))
-        finally:
-            conn.execute(UNDO_SLOW_CLAIM_COMMIT)
+    config = WorkerConfig(queues=["q"], concurrency=2, burst=True, workdir_root=tmp_path / "work")
+    stats = run_worker_with_sql(pg_url, service, registry, config, SLOW_CLAIM_COMMIT)
     assert stats.completed == 1 and stats.lost == 0
     done = service.get(job.id)
     assert done.status is JobStatus.COMPLETED and done.result == "done" and done.progress == 50

@@ -148,6 +148,7 @@ class Worker:
         self._drained_check = False
         self._claims_max = CLAIMS_IN_FLIGHT
         self._queues_empty = False  # the last claim to return found fewer jobs than it asked for
+        self._ran_dry = True  # the same, but kept when a wake-up clears _queues_empty: see _claim
         self._tallies = WorkerTallies()
         WORKER_TALLIES.track(self._tallies)
 
@@ -296,33 +297,37 @@ class Worker:
         assert self._wake is not None and self._loop is not None
         loop = self._loop
         started: set[UUID] = set()  # the jobs of this claim that run already (loop side only)
-        committed: asyncio.Future[bool] = loop.create_future()
+        # Only a worker that is idle because its queues ran dry starts jobs before its claim commits:
+        # this claim is the pickup of a new job, whose latency includes the commit's flush. A worker
+        # working through a backlog takes the single-round-trip claim (no BEGIN and COMMIT of its own,
+        # no per-claim future): its claims overlap each other and the jobs, and throughput counts there.
+        committed: asyncio.Future[bool] | None = None
+        on_held: Callable[[list[Job]], None] | None = None
+        if self._ran_dry and not self._running and len(self._claims) <= 1:
+            committed = loop.create_future()
 
-        def start_held(jobs: list[Job]) -> None:
-            for job in jobs:
-                started.add(job.id)
-                self._start(job, job_tasks, committed)
+            def start_held(jobs: list[Job]) -> None:
+                for job in jobs:
+                    started.add(job.id)
+                    self._start(job, job_tasks, committed)
 
-        def on_held(jobs: list[Job]) -> None:
-            # On the database thread, before the claim's commit returns: the handlers start while the
-            # database flushes it. (The loop runs this before it sees the claim return: both are queued
-            # by call_soon_threadsafe, this one first.)
-            loop.call_soon_threadsafe(start_held, jobs)
+            def on_held(jobs: list[Job]) -> None:
+                # On the database thread, before the claim's commit returns: the handlers start while
+                # the database flushes it. (The loop runs this before it sees the claim return: both
+                # are queued by call_soon_threadsafe, this one first.)
+                loop.call_soon_threadsafe(start_held, jobs)
 
-        # Only an idle worker starts jobs before its claim commits: there, the commit's flush is pickup
-        # latency. A busy one takes the single-round-trip claim (no BEGIN and COMMIT of its own, no
-        # per-claim future): its claims overlap each other and the jobs, and throughput is what counts.
-        early = not self._running and len(self._claims) <= 1
         try:
             try:
                 claimed = await self._db(
-                    self.service.claim, self.worker_id, self.config.queues, count, on_held if early else None
+                    self.service.claim, self.worker_id, self.config.queues, count, on_held
                 )
             except StoreError as exc:
                 log.warning("claim failed, retrying: %s", exc)
                 # Jobs started from a claim that did not commit are not this worker's: stop them, and
                 # write nothing for them.
-                committed.set_result(False)
+                if committed is not None:
+                    committed.set_result(False)
                 for job_id in started:
                     if (running := self._running.get(job_id)) is not None:
                         self._stop_job(running, StopReason.LEASE_LOST)
@@ -333,8 +338,9 @@ class Worker:
                 return
             # Fewer than asked: the queues were empty a moment ago (burst mode stops on that, once
             # nothing else is in flight or running).
-            self._queues_empty = len(claimed) < count
-            committed.set_result(True)
+            self._queues_empty = self._ran_dry = len(claimed) < count
+            if committed is not None:
+                committed.set_result(True)
             for job in claimed:
                 if job.id not in started:
                     self._start(job, job_tasks)
@@ -436,7 +442,7 @@ class Worker:
                 # The handler is done: its slot is free now, so the next claim overlaps the write of
                 # this outcome instead of waiting for it (claims and completions pipeline).
                 self._release_slot(job.id)
-            if not await claim_committed(running.claim):
+            if running.claim is not None and not await claim_committed(running.claim):
                 outcome = "stopped", StopReason.LEASE_LOST  # the job never was this worker's
             run_s = time.monotonic() - started
             if outcome[0] == "ok":
