@@ -572,6 +572,15 @@ class SqliteJobStore:
         token = str(uuid4())
         now = _ts(params.now)
         limit = min(params.limit, MAX_BATCH)
+
+        def claimed(rows: list[sqlite3.Row]) -> list[Job]:
+            # What the claim wrote is the same for every row: converted once (as a later read would).
+            status, started, expires = params.edge.target, _dt(now), _dt(_ts(params.lease_expires_at))
+            lease = UUID(token)
+            jobs = [_claimed_job(r, status, params.worker_id, lease, expires, started) for r in rows]
+            jobs.sort(key=lambda j: (-j.priority, j.seq))
+            return jobs
+
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE jobmill_jobs SET status = ?, attempts = attempts + 1, lease_owner = ?,"
@@ -592,14 +601,12 @@ class SqliteJobStore:
                 ),
             ).fetchall()
             self._append_events(conn, rows, "status", params.now, {"attempt_by": params.worker_id})
-            # What the claim wrote is the same for every row: converted once (as a later read would).
-            status, started, expires = params.edge.target, _dt(now), _dt(_ts(params.lease_expires_at))
-            lease = UUID(token)
-            jobs = [_claimed_job(r, status, params.worker_id, lease, expires, started) for r in rows]
-            jobs.sort(key=lambda j: (-j.priority, j.seq))
-            if jobs and on_held is not None:
+            if rows and on_held is not None:
+                jobs = claimed(rows)
                 on_held(jobs)  # before the COMMIT, as on PostgreSQL: if it raises, nothing was claimed
-        return jobs
+                return jobs
+        # Converted after the commit: every other process's writers wait while this one holds the lock.
+        return claimed(rows)
 
     def job_heartbeat(self, params: JobHeartbeatParams) -> dict[UUID, JobStatus]:
         held: dict[UUID, JobStatus] = {}
