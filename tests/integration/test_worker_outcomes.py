@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from jobmill.domain.job import JobStatus
+from jobmill.domain.job import Job, JobStatus
 from jobmill.errors import StoreUnavailable
 from jobmill.handlers import HandlerRegistry, HandlerSpec
 from jobmill.service import JobService, SubmitRequest
-from jobmill.store import open_store
+from jobmill.store import JobStore, open_store
 from jobmill.worker.context import JobContext
 from jobmill.worker.worker import Worker, WorkerConfig, WorkerStats, workdir_name
 
@@ -105,21 +105,39 @@ def test_a_starting_worker_removes_workdirs_no_live_attempt_owns(tmp_path: Path)
     store.close()
 
 
-# Fails the COMMIT of the first transaction that claims a job, and only that one: a deferred constraint
-# trigger runs at commit time, and a sequence (not rolled back with the transaction) counts the tries.
-FAIL_FIRST_CLAIM_COMMIT = """
-CREATE SEQUENCE test_claim_commits;
-CREATE FUNCTION test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+def at_claim_commit(name: str, body: str) -> str:
+    """SQL for a deferred constraint trigger `name` that runs `body` (PL/pgSQL) at the COMMIT of every
+    transaction that claims a job: a real commit of the claim, slowed or failed."""
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF nextval('test_claim_commits') = 1 THEN
-        RAISE EXCEPTION 'this claim does not commit';
-    END IF;
+    {body}
     RETURN NULL;
 END $$;
-CREATE CONSTRAINT TRIGGER test_fail_first_claim AFTER UPDATE ON jobmill_jobs
+CREATE CONSTRAINT TRIGGER {name} AFTER UPDATE ON jobmill_jobs
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-    WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_fail_first_claim();
+    WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION {name}();
 """
+
+
+# Fails the COMMIT of the first claim, and only that one: a sequence (not rolled back with the
+# transaction) counts the tries.
+FAIL_FIRST_CLAIM_COMMIT = "CREATE SEQUENCE test_claim_commits;" + at_claim_commit(
+    "test_fail_first_claim",
+    "IF nextval('test_claim_commits') = 1 THEN RAISE EXCEPTION 'this claim does not commit'; END IF;",
+)
+# Makes every COMMIT of a claim slow: long enough that a quick handler reports progress and returns
+# while its claim is still committing.
+SLOW_CLAIM_COMMIT = at_claim_commit("test_slow_claim", "PERFORM pg_sleep(0.3);")
+
+
+def one_job(pg_url: str, spec: HandlerSpec) -> tuple[JobStore, JobService, HandlerRegistry, Job]:
+    """A store on `pg_url`, a service whose registry holds `spec`, and one job of that kind."""
+    registry = HandlerRegistry()
+    registry.register(spec)
+    store = open_store(pg_url)
+    service = JobService(store, registry=registry)
+    return store, service, registry, service.submit(SubmitRequest(kind=spec.kind)).job
 
 
 def run_worker_with_sql(
@@ -167,11 +185,7 @@ def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_agai
             raise
         return "first run"
 
-    registry = HandlerRegistry()
-    registry.register(HandlerSpec("t.slow", slow_then_quick, queue="q"))
-    store = open_store(pg_url)
-    service = JobService(store, registry=registry)
-    job = service.submit(SubmitRequest(kind="t.slow")).job
+    store, service, registry, job = one_job(pg_url, HandlerSpec("t.slow", slow_then_quick, queue="q"))
     config = WorkerConfig(
         queues=["q"],
         concurrency=2,
@@ -191,20 +205,6 @@ def test_a_job_started_before_its_claim_failed_to_commit_is_stopped_and_run_agai
     store.close()
 
 
-# Makes every COMMIT of a claim slow (a deferred trigger sleeps at commit time): long enough that a quick
-# handler reports progress and returns while its claim is still committing.
-SLOW_CLAIM_COMMIT = """
-CREATE FUNCTION test_slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_sleep(0.3);
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER test_slow_claim AFTER UPDATE ON jobmill_jobs
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-    WHEN (OLD.status = 'pending' AND NEW.status = 'running') EXECUTE FUNCTION test_slow_claim();
-"""
-
-
 def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -215,11 +215,7 @@ def test_what_a_job_writes_before_its_claim_has_committed_waits_for_the_commit(
         await ctx.progress(50, "half way")
         return "done"
 
-    registry = HandlerRegistry()
-    registry.register(HandlerSpec("t.quick", quick, queue="q"))
-    store = open_store(pg_url)
-    service = JobService(store, registry=registry)
-    job = service.submit(SubmitRequest(kind="t.quick")).job
+    store, service, registry, job = one_job(pg_url, HandlerSpec("t.quick", quick, queue="q"))
     config = WorkerConfig(queues=["q"], concurrency=2, burst=True, workdir_root=tmp_path / "work")
     stats = run_worker_with_sql(pg_url, service, registry, config, SLOW_CLAIM_COMMIT)
     assert stats.completed == 1 and stats.lost == 0
