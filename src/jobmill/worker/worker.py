@@ -181,7 +181,7 @@ class Worker:
         self._workdir_root = os.fspath(self.config.workdir_root)
         self._reserved = 0  # slots promised to claims in flight
         self._claims: set[asyncio.Task[None]] = set()  # the claims in flight
-        self._drained_check = False
+        self._decide_now = False
         self._claims_max = CLAIMS_IN_FLIGHT
         self._queues_empty = False  # the last claim to return found fewer jobs than it asked for
         self._ran_dry = True  # the same, but kept when a wake-up clears _queues_empty: see _claim
@@ -198,7 +198,7 @@ class Worker:
 
     def _on_notification(self, note: Notification) -> None:
         """Called from the store's listener thread (or inline on commit in this process)."""
-        if note.topic == "new_job" and (note.queue is None or note.queue in self.config.queues):
+        if self._is_new_work(note):
             with self._parked_lock:
                 parked, self._parked = self._parked, None
             if parked is not None:
@@ -215,6 +215,9 @@ class Worker:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed in between
             loop.call_soon_threadsafe(self._handle_notification, note)
+
+    def _is_new_work(self, note: Notification) -> bool:
+        return note.topic == "new_job" and (note.queue is None or note.queue in self.config.queues)
 
     def _run_parked(self, parked: ParkedClaim) -> None:
         """The parked claim, on this (the listener's) thread. It blocks the listener for one claim, only
@@ -240,7 +243,7 @@ class Worker:
         _settle(parked.outcome, None if claim_instead else [])
 
     def _handle_notification(self, note: Notification) -> None:
-        if note.topic == "new_job" and (note.queue is None or note.queue in self.config.queues):
+        if self._is_new_work(note):
             if self._wake is not None:
                 self._wake.set()
         elif note.topic == "cancel" and note.job_id is not None:
@@ -365,8 +368,8 @@ class Worker:
                 # Woken: a notification (the listener may have run the claim), the poll interval, a stop.
                 # Unused, the claim runs now as any other would, which is the poll; on a stop, not at all.
                 self._unpark(parked, claim_instead=not self._stopping.is_set())
-            if self._drained_check:
-                self._drained_check = False  # woken by a short claim: decide first (stop, or park)
+            if self._decide_now:
+                self._decide_now = False  # woken by a short claim: decide first (stop, or park)
             elif not in_flight:
                 # Woken (a notification, a free slot) or the poll interval passed: look again, once.
                 self._queues_empty = False
@@ -425,14 +428,17 @@ class Worker:
             if not self._queues_empty:
                 self._wake.set()  # more work is likely (a full batch): claim again now
             elif self.config.burst:
-                self._drained_check = True  # a draining worker may be done: let the loop decide now
+                self._decide_now = True  # a draining worker may be done: let the loop decide now
                 self._wake.set()
             elif self._change_counter is None:
                 # A serving worker waits for news instead of asking again at once; but an idle one parks
                 # a claim for its listener first (see ParkedClaim): let the loop decide now.
-                self._drained_check = True
+                self._decide_now = True
                 self._wake.set()
         finally:
+            if early is not None:
+                # Ended by anything but success or StoreError (a bug): its early jobs must not wait forever.
+                _settle(early.committed, False)
             self._reserved -= count
             # Removed here, not by a done callback: the loop, woken above, must see it gone.
             self._claims.discard(asyncio.current_task())
@@ -461,6 +467,8 @@ class Worker:
         self, job: Job, job_tasks: set[asyncio.Task[None]], claim: asyncio.Future[bool] | None = None
     ) -> None:
         assert job.lease_token is not None
+        if claim is not None and claim.done():
+            claim = None  # committed already: nothing to wait for
         self.stats.claimed += 1
         if job.started_at is not None:
             runnable_since = max(job.created_at, job.run_after)
@@ -478,7 +486,7 @@ class Worker:
             tenant=job.tenant,
             blobs=self.blobs,
         )
-        running = RunningJob(job, lease, ctx, claim=claim if claim is not None and not claim.done() else None)
+        running = RunningJob(job, lease, ctx, claim=claim)
         self._running[job.id] = running
         # One task per job: the handler runs inside it (see _invoke), so a no-op job costs one task.
         task = asyncio.create_task(self._execute(running))
