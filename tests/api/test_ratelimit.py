@@ -81,6 +81,48 @@ def test_failed_authentication_is_limited_per_ip(make_api: MakeApi, monkeypatch:
         assert api.get(QUEUES, token=valid).status_code == 200
 
 
+WS = f"{API_PREFIX}/ws"
+
+
+def _ws_refused(api: Api, path: str, first_message: str | None = None) -> dict[str, object]:
+    """The error a WebSocket was closed with: one error message, then the close code 4000 + status."""
+    messages, close_code = api.websocket(path, first_message)
+    assert [m["type"] for m in messages] == ["error"], messages
+    error = messages[0]["error"]
+    assert close_code == {"unauthenticated": 4401, "rate_limited": 4429}[error["code"]], (error, close_code)
+    return dict(error)
+
+
+def test_websocket_failed_tokens_count_per_ip(make_api: MakeApi) -> None:
+    """Tokens tried over /ws count against the IP's failed authentications, as over HTTP: a WebSocket is
+    no way around the limit for someone guessing keys."""
+    api = make_api(auth_rate_limit_per_s=0.01, auth_rate_limit_burst=3)
+    assert _ws_refused(api, f"{WS}?token={BAD_KEY}")["code"] == "unauthenticated"
+    missing = _ws_refused(api, WS, first_message="{}")
+    assert missing["code"] == "unauthenticated" and "first message" in str(missing["message"])
+    assert _ws_refused(api, f"{WS}?token={api.jwt('x', expires_in_s=-60)}")["code"] == "unauthenticated"
+    # The fourth failure runs out the allowance: refused as rate limited, with the wait...
+    limited = _ws_refused(api, f"{WS}?token={BAD_KEY}")
+    assert limited["code"] == "rate_limited"
+    assert int(limited["details"]["retry_after_s"]) >= 90  # type: ignore[index]
+    # ...and from then on the IP is blocked everywhere, with a valid key too, over HTTP and /ws.
+    assert _ws_refused(api, f"{WS}?token={api.user}")["code"] == "rate_limited"
+    _limited(api, api.user)
+
+
+def test_websocket_connections_count_against_the_principal(make_api: MakeApi) -> None:
+    api = make_api(rate_limit_per_s=0.01, rate_limit_burst=2)
+    messages, close_code = api.websocket(f"{WS}?token={api.user}")
+    assert messages == [{"type": "ready", "tenant": "t1"}] and close_code is None
+    assert api.get(QUEUES, token=api.user).status_code == 200
+    # Both tokens are spent: the next connection is refused like the next request.
+    assert _ws_refused(api, WS, first_message=f'{{"token": "{api.user}"}}')["code"] == "rate_limited"
+    _limited(api, api.user)
+    # Another principal has its own bucket.
+    messages, close_code = api.websocket(f"{WS}?token={api.user2}")
+    assert messages[0]["type"] == "ready" and close_code is None
+
+
 # ------------------------------------------------------------------------------------- Redis, 2 nodes
 
 

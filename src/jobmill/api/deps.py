@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from jobmill.access import AccessService
 from jobmill.api.coalesce import Coalescer
@@ -25,6 +26,8 @@ from jobmill.storage.base import BlobStore
 from jobmill.store.base import ApiKeyJobs
 
 T = TypeVar("T")
+
+MISSING_BEARER = "missing bearer token (Authorization: Bearer <key or JWT>)"
 
 bearer = HTTPBearer(auto_error=False, description="an API key (jm_...) or a JWT")
 
@@ -55,8 +58,8 @@ async def get_services(request: Request) -> AppServices:
 Services = Annotated[AppServices, Depends(get_services)]
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client_ip(connection: HTTPConnection) -> str:
+    return connection.client.host if connection.client else "unknown"
 
 
 async def _refuse(services: AppServices, ip: str, reason: str) -> ApiError:
@@ -78,40 +81,54 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def authenticate(
-    request: Request, services: AppServices, token: str | None, check: Callable[[str], Awaitable[T]]
+    connection: HTTPConnection,
+    services: AppServices,
+    token: str | None,
+    check: Callable[[str], Awaitable[T]],
+    missing: str = MISSING_BEARER,
 ) -> T:
     """`await check(token)`: it authenticates the bearer token (AuthError), and may read more with the same
-    store call. An IP whose failed authentications ran out is refused first, and a failure is counted."""
-    ip = _client_ip(request)
+    store call. An IP whose failed authentications ran out is refused first, and a failure is counted.
+    `connection` is a request or a WebSocket: both count against the same limits."""
+    ip = _client_ip(connection)
     blocked = services.blocked_until.get(ip)
     if blocked is not None:
         if blocked > time.monotonic():
             raise RateLimited(blocked - time.monotonic(), "failed authentications")
         del services.blocked_until[ip]
     if not token:
-        raise await _refuse(services, ip, "missing bearer token (Authorization: Bearer <key or JWT>)")
+        raise await _refuse(services, ip, missing)
     try:
         return await check(token)
     except AuthError as exc:
         raise await _refuse(services, ip, str(exc)) from None
 
 
-async def admit(request: Request, services: AppServices, principal: Principal) -> None:
+async def admit(connection: HTTPConnection, services: AppServices, principal: Principal) -> None:
     """Let an authenticated principal in, within its rate limit (429 past it)."""
-    request.state.principal = principal
+    connection.state.principal = principal
     decision = await services.requests_limiter.hit(f"principal:{principal.tenant}:{principal.subject}")
     if not decision.allowed:
         raise RateLimited(decision.retry_after_s)
 
 
-async def get_principal(request: Request, services: Services, credentials: Credentials) -> Principal:
+async def admitted_principal(
+    connection: HTTPConnection, services: AppServices, token: str | None, missing: str = MISSING_BEARER
+) -> Principal:
+    """The principal of `token`, authenticated and admitted: what every authenticated endpoint, the
+    WebSocket included, goes through (ApiError 401 or 429 otherwise)."""
+
     async def check(token: str) -> Principal:
         return await run_in_threadpool(services.access.authenticate, token)
 
-    token = credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
-    principal = await authenticate(request, services, token, check)
-    await admit(request, services, principal)
+    principal = await authenticate(connection, services, token, check, missing)
+    await admit(connection, services, principal)
     return principal
+
+
+async def get_principal(request: Request, services: Services, credentials: Credentials) -> Principal:
+    token = credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
+    return await admitted_principal(request, services, token)
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -19,11 +19,11 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from jobmill.api.deps import AppServices, Caller, Services
+from jobmill.api.deps import AppServices, Caller, Services, admitted_principal
 from jobmill.api.errors import ApiError
 from jobmill.api.routes_jobs import ERRORS
 from jobmill.api.views import event_view
-from jobmill.auth import AuthError, Principal
+from jobmill.auth import Principal
 from jobmill.domain.job import JobEvent
 from jobmill.events.hub import EventHub, EventSubscription
 from jobmill.handlers import NAME_PATTERN
@@ -32,6 +32,8 @@ from jobmill.store.base import EventListParams
 router = APIRouter(tags=["events"])
 
 KEEPALIVE_S = 15.0
+FIRST_MESSAGE_S = 10.0  # a WebSocket without ?token= must send {"token": ...} within this
+WS_MISSING_TOKEN = 'missing token (?token=<key or JWT>, or {"token": "..."} as the first message)'
 REPLAY_BATCH = 500
 # Event ids and sequence numbers are 64-bit in the store; a bigger `after` must be refused (422) up front,
 # not overflow the database driver once the stream has started.
@@ -274,16 +276,22 @@ async def tenant_websocket(
     await websocket.accept()
     try:
         if token is None:
-            first = await asyncio.wait_for(websocket.receive_json(), 10)
+            first = await asyncio.wait_for(websocket.receive_json(), FIRST_MESSAGE_S)
             token = first.get("token") if isinstance(first, dict) else None
-        if not token:
-            raise AuthError("missing token")
-        principal = await run_in_threadpool(services.access.authenticate, token)
-    except (AuthError, TimeoutError, ValueError, KeyError, WebSocketDisconnect) as exc:
-        await websocket.send_json(
-            {"type": "error", "error": {"code": "unauthenticated", "message": str(exc)}}
-        )
-        await websocket.close(code=4401)
+    except (TimeoutError, ValueError, KeyError):
+        token = None  # no usable first message: refused (and counted) below as a missing token
+    except WebSocketDisconnect:
+        return
+    try:
+        # The same checks as every HTTP endpoint: failed tokens count against the client's IP, and a
+        # principal's connections against its request rate limit.
+        principal = await admitted_principal(websocket, services, token or None, WS_MISSING_TOKEN)
+    except ApiError as exc:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.details is not None:
+            error["details"] = exc.details
+        await websocket.send_json({"type": "error", "error": error})
+        await websocket.close(code=4000 + exc.status)  # 4401 unauthenticated, 4429 rate limited
         return
 
     disconnected = asyncio.Event()
