@@ -160,7 +160,7 @@ class Api:
             "auth_rate_limit_burst": 100000.0,
         }
         options.update(overrides)
-        self.settings = Settings(_env_file=None, **options)  # type: ignore[call-arg]
+        self.settings = Settings.from_env(env_file=None, **options)
         self.services: AppServices = build_services(self.settings, registry=make_registry())
         self.app = create_app(self.settings, services=self.services)
         self.runner = asyncio.Runner()

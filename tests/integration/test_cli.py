@@ -198,3 +198,17 @@ def test_worker_and_serve_refuse_an_unmigrated_postgres_database_in_one_line() -
         assert worker.returncode == 0 and "worker stopped: 0 completed" in worker.stdout, worker.stderr
     finally:
         db.drop()
+
+
+def test_bad_settings_are_one_line_for_every_command(tmp_path: Path) -> None:
+    env = {"JOBMILL_DATABASE_URL": f"sqlite:///{tmp_path}/j.db", "JOBMILL_LEASE_S": "abc"}
+    expected = "jobmill: bad settings: JOBMILL_LEASE_S must be a number > 0, not 'abc'"
+    commands = [
+        ("migrate",),
+        ("worker", "--app", "jobmill.demo.handlers", "--burst"),
+        ("serve", "--app", "jobmill.demo.handlers"),
+        ("keys", "list"),
+    ]
+    for args in commands:
+        result = jobmill(*args, env=env)
+        assert (result.returncode, result.stderr.strip()) == (2, expected), args

@@ -105,7 +105,7 @@ def create_app(
 ) -> FastAPI:
     """The jobmill HTTP app. Resources given in `services` are the caller's to close; others are closed
     when the app shuts down."""
-    settings = settings or Settings()
+    settings = settings or Settings.from_env()
     owned = services is None
     app_services = services or build_services(settings, registry=registry)
 

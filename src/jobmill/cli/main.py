@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from jobmill.cli.client_commands import register as register_client_commands
 from jobmill.config import Settings
-from jobmill.errors import JobmillError, StoreUnavailable
+from jobmill.errors import ConfigError, JobmillError, StoreUnavailable
 from jobmill.handlers import default_registry
 from jobmill.service import JobService, RetryPolicy, utc_now
 from jobmill.storage import open_blobstore
@@ -41,6 +41,14 @@ app = typer.Typer(
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"jobmill: {message}", err=True)
     return typer.Exit(code)
+
+
+def _settings(**overrides: str) -> Settings:
+    """The settings from the environment and .env; a bad value is one line and exit 2."""
+    try:
+        return Settings.from_env(**overrides)
+    except ConfigError as exc:
+        raise _fail(f"bad settings: {exc}") from exc
 
 
 def _configure_logging(level: str) -> None:
@@ -60,7 +68,7 @@ def migrate(
     database_url: Annotated[str | None, typer.Option(help="overrides JOBMILL_DATABASE_URL")] = None,
 ) -> None:
     """Create or upgrade the database schema."""
-    settings = Settings()
+    settings = _settings()
     url = database_url or settings.database_url
     try:
         store = open_store(url)
@@ -88,7 +96,7 @@ def worker(
     """Run handlers: claim jobs from the queues and run them until SIGTERM/SIGINT (or drained, --burst)."""
     early = _EarlySignals()  # a stop requested while starting up (importing, waiting for the database)
     _configure_logging(log_level)
-    settings = Settings()
+    settings = _settings()
     _import_app(app_module)
     if not any(True for _ in default_registry):
         raise _fail(f"module {app_module!r} registers no handlers (use @jobmill.handler)")
@@ -241,7 +249,7 @@ def serve(
     from jobmill.api.app import build_services, create_app
 
     _configure_logging(log_level)
-    settings = Settings() if database_url is None else Settings(database_url=database_url)
+    settings = _settings() if database_url is None else _settings(database_url=database_url)
     if app_module:
         _import_app(app_module)
     try:
@@ -295,7 +303,7 @@ def _access() -> tuple[JobStore, AccessService]:
     from jobmill.access import AccessService  # JWT and crypto: not needed by `serve` or `worker` start-up
 
     try:
-        store = open_store(Settings().database_url)
+        store = open_store(_settings().database_url)
     except JobmillError as exc:
         raise _fail(str(exc), 1) from exc
     return store, AccessService(store, utc_now)
