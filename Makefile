@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	@scripts/bootstrap.sh $(VENV)
 	@touch $(STAMP)
 
+# Bytecode, as pip writes it for an installed package: an editable install has none, and where
+# PYTHONDONTWRITEBYTECODE is set, every process (each worker start) would compile jobmill again.
 setup: $(STAMP)
+	@$(PY) -m compileall -q -j0 -x '/\.peers-venv/' src bench chaos >/dev/null
 
 services:
 	@scripts/ensure_services.sh
