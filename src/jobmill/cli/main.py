@@ -43,10 +43,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _settings(**overrides: str) -> Settings:
-    """The settings from the environment and .env; a bad value is one line and exit 2."""
+def _settings(database_url: str | None = None) -> Settings:
+    """The settings from the environment and .env (`database_url` from the command line first); a bad
+    value is one line and exit 2."""
     try:
-        return Settings.from_env(**overrides)
+        if database_url is None:
+            return Settings.from_env()
+        return Settings.from_env(database_url=database_url)
     except ConfigError as exc:
         raise _fail(f"bad settings: {exc}") from exc
 
@@ -249,7 +252,7 @@ def serve(
     from jobmill.api.app import build_services, create_app
 
     _configure_logging(log_level)
-    settings = _settings() if database_url is None else _settings(database_url=database_url)
+    settings = _settings(database_url)
     if app_module:
         _import_app(app_module)
     try:
