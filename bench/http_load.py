@@ -3,7 +3,8 @@
     python -m bench.http_load bare --port P          # the ceiling: FastAPI + uvicorn, one constant JSON
     python -m bench.http_load load --port P --path /api/v1/jobs/ID [--path ...] [--method POST --body JSON]
         [--header 'Authorization: Bearer ...'] [--clients 64] [--duration 20] [--warmup 2]
-    python -m bench.http_load profile [--backend sqlite|postgres] [--duration 20] [--out FILE]
+    python -m bench.http_load profile [--backend sqlite|postgres] [--method GET|POST] [--duration 20]
+        [--out FILE]
 
 `load` is the load generator: its own process, asyncio (uvloop when installed) with one keep-alive
 HTTP/1.1 connection per client, written against the socket so that the generator costs as little CPU as
@@ -13,8 +14,8 @@ way for the bare endpoint and for jobmill, whose server runs exactly as `jobmill
 server copies its uvicorn settings: `asyncio.run(uvicorn.Server(Config(..., log_config=None,
 access_log=False, lifespan="on")).serve())`).
 
-`profile` runs the GET load against a jobmill server under py-spy (a dev dependency) and prints
-where the server's time goes (own and total samples per function), for a GET below its target.
+`profile` runs the GET load (or `--method POST`, submissions) against a jobmill server under py-spy (a
+dev dependency) and prints where the server's time goes (own and total samples per function).
 """
 
 from __future__ import annotations
@@ -386,10 +387,10 @@ def jobmill_api(database_url: str, load: Load, logdir: Path, ids: int = 1000, bu
 # --- profile ------------------------------------------------------------------------------------------
 
 
-def profile(backend: str, load: Load, out: Path, top: int) -> None:
-    """GET of completed jobs under py-spy: where the server's time goes. Only the samples of the thread
-    that holds the GIL are taken (`--gil`): the server's Python work, wherever it runs (event loop or
-    thread pool), without the threads that merely wait."""
+def profile(backend: str, load: Load, out: Path, top: int, method: str = "GET") -> None:
+    """GET of completed jobs (or, with method POST, submissions) under py-spy: where the server's time
+    goes. Only the samples of the thread that holds the GIL are taken (`--gil`): the server's Python
+    work, wherever it runs (event loop or thread pool), without the threads that merely wait."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -410,11 +411,15 @@ def profile(backend: str, load: Load, out: Path, top: int) -> None:
             got = measure(
                 server.port,
                 Load(load.clients, load.duration - 2, 0.5),
-                [f"/api/v1/jobs/{i}" for i in completed],
+                [f"/api/v1/jobs/{i}" for i in completed] if method == "GET" else ["/api/v1/jobs"],
                 [f"Authorization: Bearer {key}"],
+                method=method,
+                body=SUBMIT_BODY if method == "POST" else None,
             )
             spy.wait(60)
-    print(f"GET under py-spy: {got['rps']:.0f} req/s, p99 {got['p99_ms']:.1f} ms (slowed by the sampling)")
+    print(
+        f"{method} under py-spy: {got['rps']:.0f} req/s, p99 {got['p99_ms']:.1f} ms (slowed by the sampling)"
+    )
     print(summarise_profile(out, top))
 
 
@@ -473,8 +478,13 @@ def main() -> None:
     load_cmd.add_argument("--clients", type=int, default=64)
     load_cmd.add_argument("--duration", type=float, default=20)
     load_cmd.add_argument("--warmup", type=float, default=2)
-    profile_cmd = sub.add_parser("profile", help="GET load on jobmill under py-spy; where the time goes")
+    profile_cmd = sub.add_parser(
+        "profile", help="GET (or POST) load on jobmill under py-spy; where the time goes"
+    )
     profile_cmd.add_argument("--backend", default="sqlite", choices=["sqlite", "postgres"])
+    profile_cmd.add_argument(
+        "--method", default="GET", choices=["GET", "POST"], help="GET a job, or POST /jobs"
+    )
     profile_cmd.add_argument("--clients", type=int, default=64)
     profile_cmd.add_argument("--duration", type=float, default=20)
     profile_cmd.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "jobmill-get.collapsed"))
@@ -487,7 +497,8 @@ def main() -> None:
             parser.error("give --path or --path-file")
         run_generator(args)
     else:
-        profile(args.backend, Load(args.clients, args.duration, 0), Path(args.out), args.top)
+        load = Load(args.clients, args.duration, 0)
+        profile(args.backend, load, Path(args.out), args.top, args.method)
 
 
 if __name__ == "__main__":
