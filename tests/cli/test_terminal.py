@@ -108,3 +108,27 @@ def test_ctrl_c_offers_to_cancel(live: Live) -> None:
     assert f"jobmill: job {job_id} was cancelled" in screen
     with Client(live.url, live.admin_key) as client:
         assert client.get(job_id).status is JobStatus.CANCELLED
+
+
+def test_ctrl_c_at_the_cancel_prompt_leaves_the_job_running(live: Live) -> None:
+    """A second Ctrl-C answers the prompt with "no": the command stops waiting (exit 130) and says so,
+    and the job goes on."""
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
+    typed: list[bytes] = []
+
+    def react(screen: str, type_: Callable[[bytes], None]) -> None:
+        waiting = not typed and f"position 1 in queue {queue}" in screen
+        asked = len(typed) == 1 and "cancel job" in screen and screen.rstrip().endswith("[y/N]:")
+        if waiting or asked:
+            typed.append(b"\x03")
+            type_(b"\x03")
+
+    code, screen = run_in_terminal(
+        terminal_env(live), "submit", "cli.steps", "--queue", queue, "--wait", react=react
+    )
+    assert typed == [b"\x03", b"\x03"], screen
+    assert code == 130, screen
+    job_id = screen.split()[0]
+    assert f"stopped waiting; job {job_id} goes on" in screen and "Aborted" not in screen
+    with Client(live.url, live.admin_key) as client:
+        assert client.get(job_id).status is JobStatus.PENDING

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-import click
 import typer
 
 from jobmill.defaults import DEFAULT_URL
@@ -277,7 +276,7 @@ class ProgressView:
 def _ask_to_cancel(job_id: UUID) -> bool:
     try:
         return bool(typer.confirm(f"\ncancel job {job_id}?", default=False, err=True))
-    except (click.exceptions.Abort, EOFError):
+    except (typer.Abort, EOFError):  # typer's own Abort: it vendors click since 0.26
         return False
 
 

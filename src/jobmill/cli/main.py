@@ -168,14 +168,16 @@ def _open_store_waiting(url: str, wait_s: float, stopped: Callable[[], bool]) ->
         try:
             return open_store(url)
         except StoreUnavailable as exc:
-            if time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
             if stopped():
                 return None
+            pause = min(delay, left)  # the last try comes at the deadline, not a backoff step before it
             logging.getLogger("jobmill.worker").warning(
-                "database unavailable, retrying in %.1fs: %s", delay, exc
+                "database unavailable, retrying in %.1fs: %s", pause, exc
             )
-            stop_at = time.monotonic() + delay
+            stop_at = time.monotonic() + pause
             while time.monotonic() < stop_at and not stopped():
                 time.sleep(0.05)
             delay = min(delay * 2, 5.0)
