@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -599,8 +600,10 @@ def main(argv: list[str] | None = None) -> None:
     for key, (name, ours, theirs) in scenarios.items():
         if key not in chosen:
             continue
-        systems = [(f"jobmill-{b}", lambda b=b, ours=ours: ours(b)) for b in backends]  # type: ignore[misc]
-        systems += [(p, lambda p=p, theirs=theirs: theirs(p)) for p in peers]  # type: ignore[misc]
+        systems: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            (f"jobmill-{b}", partial(ours, b)) for b in backends
+        ]
+        systems += [(p, partial(theirs, p)) for p in peers]
         for system, run in systems:
             record(key, name, system, [attempt(run) for _ in range(rounds)])
     if "drain" in chosen:
@@ -617,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
                 "drain_own",
                 name,
                 f"jobmill-{backend}",
-                [attempt(lambda b=backend: drain(b, jobs, 2, 50)) for _ in range(rounds)],
+                [attempt(partial(drain, backend, jobs, 2, 50)) for _ in range(rounds)],
             )
     if "http" in chosen and backends:
         name = (
