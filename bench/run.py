@@ -677,15 +677,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """`old` with the figures of `new` put over it, system by system; the date and machine of `new`."""
-    result = {**old, **{k: new[k] for k in ("date", "machine", "code")}}
+    """`old` with the figures of `new` put over it, system by system. The date and commit stay those of
+    the run that measured the rest; `updated` says which scenarios were measured again, when and at
+    which commit."""
+    result = dict(old)
     result["ids"] = {**old.get("ids", {}), **new["ids"]}
     scenarios = {name: dict(systems) for name, systems in old.get("scenarios", {}).items()}
     for name, systems in new["scenarios"].items():
         scenarios.setdefault(name, {}).update(systems)
     result["scenarios"] = scenarios
     result["notes"] = list(dict.fromkeys([*old.get("notes", []), *new["notes"]]))
-    result["updated"] = [*old.get("updated", []), new["date"]]
+    update = {"date": new["date"], "code": new["code"], "scenarios": list(new["scenarios"])}
+    result["updated"] = [*old.get("updated", []), update]
     return result
 
 
@@ -712,10 +715,14 @@ def markdown(results: dict[str, Any]) -> str:
                 else:
                     lines.append(f"| {name} | {backend} | {figure} | {stats} | |")
     if results.get("updated"):
-        lines += [
-            "",
-            f"Some figures were measured again and merged in (--update) on {', '.join(results['updated'])}.",
-        ]
+        lines += ["", "Measured again and merged in (--update):"]
+        for update in results["updated"]:
+            if isinstance(update, str):  # results written before updates named their scenarios
+                lines.append(f"- {update}")
+                continue
+            modified = " with uncommitted changes in src/" if update["code"]["src_modified"] else ""
+            names = "; ".join(update["scenarios"])
+            lines.append(f"- {update['date']}, jobmill {update['code']['commit']}{modified}: {names}")
     if results.get("notes"):
         lines += ["", *[f"- {note}" for note in results["notes"]]]
     return "\n".join(lines) + "\n"

@@ -141,3 +141,37 @@ def test_charts_of_every_scenario(tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == sorted(
         ["drain.png", "pickup.png", "cancel.png", "http.png", "memory.png", "deep_queue.png"]
     )
+
+
+def test_an_update_keeps_the_provenance_of_both_runs() -> None:
+    """--update replaces only the (scenario, system) figures it measured, keeps the date and commit of the
+    run that measured the rest, and the markdown says what was measured again, when and at which commit."""
+    figure = {"jobs_per_s": {"median": 1.0, "min": 1.0, "max": 1.0}}
+    base = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "code": {"commit": "aaaaaaa", "src_modified": False},
+        "machine": {"cores": 2, "memory_gib": 23.5, "python": "3.11.7"},
+        "rounds": 3,
+        "ids": {"drain": "drain", "pickup": "pickup"},
+        "scenarios": {"drain": {"jobmill-sqlite": figure, "celery": figure}, "pickup": {"celery": figure}},
+        "notes": ["a note"],
+    }
+    again = {"jobs_per_s": {"median": 2.0, "min": 2.0, "max": 2.0}}
+    update = {
+        "date": "2026-01-02T00:00:00+00:00",
+        "code": {"commit": "bbbbbbb", "src_modified": True},
+        "machine": base["machine"],
+        "ids": {"drain": "drain"},
+        "scenarios": {"drain": {"jobmill-sqlite": again}},
+        "notes": ["a note"],
+    }
+    result = bench_run.merged(base, update)
+    assert (result["date"], result["code"]["commit"]) == ("2026-01-01T00:00:00+00:00", "aaaaaaa")
+    assert result["scenarios"] == {
+        "drain": {"jobmill-sqlite": again, "celery": figure},
+        "pickup": {"celery": figure},
+    }
+    assert result["notes"] == ["a note"]
+    text = bench_run.markdown(result)
+    assert "jobmill aaaaaaa; median of 3 rounds" in text
+    assert "- 2026-01-02T00:00:00+00:00, jobmill bbbbbbb with uncommitted changes in src/: drain" in text
