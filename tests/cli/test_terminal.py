@@ -87,24 +87,30 @@ def test_progress_bar_advances(live: Live) -> None:
     assert "prepare" in screen and '"steps": 8' in screen
 
 
-def test_ctrl_c_offers_to_cancel(live: Live) -> None:
-    queue = f"parked-{uuid.uuid4().hex[:8]}"  # no worker serves it: the job waits in line
+def _ctrl_c_then_answer(live: Live, answer: bytes) -> tuple[int, str, str]:
+    """`submit --wait` of a job that no worker serves (it waits in line); Ctrl-C once its position shows,
+    then `answer` at the "cancel job?" prompt. The exit code, the screen and the job's id."""
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
     typed: list[bytes] = []
 
     def react(screen: str, type_: Callable[[bytes], None]) -> None:
-        if not typed and f"position 1 in queue {queue}" in screen:
-            typed.append(b"\x03")  # Ctrl-C
-            type_(b"\x03")
-        elif len(typed) == 1 and "cancel job" in screen and screen.rstrip().endswith("[y/N]:"):
-            typed.append(b"y\r")
-            type_(b"y\r")
+        waiting = not typed and f"position 1 in queue {queue}" in screen
+        asked = len(typed) == 1 and "cancel job" in screen and screen.rstrip().endswith("[y/N]:")
+        if waiting or asked:
+            keys = b"\x03" if waiting else answer  # Ctrl-C, then the answer
+            typed.append(keys)
+            type_(keys)
 
     code, screen = run_in_terminal(
         terminal_env(live), "submit", "cli.steps", "--queue", queue, "--wait", react=react
     )
-    assert typed == [b"\x03", b"y\r"], screen
+    assert typed == [b"\x03", answer], screen
+    return code, screen, screen.split()[0]
+
+
+def test_ctrl_c_offers_to_cancel(live: Live) -> None:
+    code, screen, job_id = _ctrl_c_then_answer(live, b"y\r")
     assert code == 3, screen
-    job_id = screen.split()[0]
     assert f"jobmill: job {job_id} was cancelled" in screen
     with Client(live.url, live.admin_key) as client:
         assert client.get(job_id).status is JobStatus.CANCELLED
@@ -113,22 +119,8 @@ def test_ctrl_c_offers_to_cancel(live: Live) -> None:
 def test_ctrl_c_at_the_cancel_prompt_leaves_the_job_running(live: Live) -> None:
     """A second Ctrl-C answers the prompt with "no": the command stops waiting (exit 130) and says so,
     and the job goes on."""
-    queue = f"parked-{uuid.uuid4().hex[:8]}"
-    typed: list[bytes] = []
-
-    def react(screen: str, type_: Callable[[bytes], None]) -> None:
-        waiting = not typed and f"position 1 in queue {queue}" in screen
-        asked = len(typed) == 1 and "cancel job" in screen and screen.rstrip().endswith("[y/N]:")
-        if waiting or asked:
-            typed.append(b"\x03")
-            type_(b"\x03")
-
-    code, screen = run_in_terminal(
-        terminal_env(live), "submit", "cli.steps", "--queue", queue, "--wait", react=react
-    )
-    assert typed == [b"\x03", b"\x03"], screen
+    code, screen, job_id = _ctrl_c_then_answer(live, b"\x03")
     assert code == 130, screen
-    job_id = screen.split()[0]
     assert f"stopped waiting; job {job_id} goes on" in screen and "Aborted" not in screen
     with Client(live.url, live.admin_key) as client:
         assert client.get(job_id).status is JobStatus.PENDING
