@@ -101,7 +101,7 @@ class Settings:
             if raw is None:
                 continue
             try:
-                values[f.name] = _PARSERS[str(f.type)](raw)
+                values[f.name] = _KINDS[str(f.type)].parse(raw)
             except ValueError:
                 problems.append(f"{name} must be {_expected(f)}, not {raw!r}")
         if problems:
@@ -155,44 +155,40 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _parse_int(raw: str) -> int:
-    return int(raw.strip())
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_float(raw: str) -> float:
-    return float(raw.strip())
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What a field's annotation means: how its environment text parses, which values it takes, and
+    how an error names it."""
+
+    parse: Callable[[str], Any]  # raises ValueError
+    accepts: Callable[[Any], bool]
+    what: str
 
 
 # By the field's annotation (a string: annotations are postponed). A test checks that every field has one.
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "str": str,
-    "str | None": str,
-    "int": _parse_int,
-    "float": _parse_float,
-    "bool": _parse_bool,
+# int() and float() strip surrounding whitespace themselves.
+_KINDS: dict[str, _Kind] = {
+    "str": _Kind(str, lambda v: isinstance(v, str), "text"),
+    "str | None": _Kind(str, lambda v: v is None or isinstance(v, str), "text"),
+    "int": _Kind(int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": _Kind(float, _is_number, "a number"),
+    "bool": _Kind(_parse_bool, lambda v: isinstance(v, bool), "true or false"),
 }
 
 
 def _expected(f: Field[Any]) -> str:
-    what = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(str(f.type), "text")
-    bounds = [f"> {f.metadata['gt']:g}"] if f.metadata.get("gt") is not None else []
-    bounds += [f">= {f.metadata['ge']:g}"] if f.metadata.get("ge") is not None else []
-    return " ".join([what, *bounds])
+    gt, ge = f.metadata.get("gt"), f.metadata.get("ge")
+    bounds = ([f"> {gt:g}"] if gt is not None else []) + ([f">= {ge:g}"] if ge is not None else [])
+    return " ".join([_KINDS[str(f.type)].what, *bounds])
 
 
 def _check(f: Field[Any], value: Any) -> str | None:
-    """What is wrong with `value` for field `f`, or None."""
-    kind = str(f.type)
-    ok = {
-        "str": isinstance(value, str),
-        "str | None": value is None or isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if ok and kind in ("int", "float"):
-        gt, ge = f.metadata.get("gt"), f.metadata.get("ge")
-        ok = (gt is None or value > gt) and (ge is None or value >= ge)
-    if ok:
+    """What is wrong with `value` for field `f`, or None. Bounds are set on numeric fields only."""
+    gt, ge = f.metadata.get("gt"), f.metadata.get("ge")
+    if _KINDS[str(f.type)].accepts(value) and (gt is None or value > gt) and (ge is None or value >= ge):
         return None
     return f"{ENV_PREFIX}{f.name.upper()} must be {_expected(f)}, not {value!r}"

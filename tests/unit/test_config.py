@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobmill.config import _PARSERS, Settings, read_env_file
+from jobmill.config import _KINDS, Settings, read_env_file
 from jobmill.errors import ConfigError
 
 
@@ -18,7 +18,7 @@ def test_defaults_and_every_field_has_a_parser() -> None:
     settings = Settings.from_env({}, env_file=None)
     assert settings == Settings()
     assert settings.lease_s == 30.0 and settings.redis_url is None and settings.cancel_confirm is False
-    assert {str(f.type) for f in fields(Settings)} <= set(_PARSERS)
+    assert {str(f.type) for f in fields(Settings)} <= set(_KINDS)
 
 
 def test_environment_values_are_parsed_by_type_and_names_ignore_case() -> None:

@@ -285,7 +285,7 @@ async def tenant_websocket(
     try:
         # The same checks as every HTTP endpoint: failed tokens count against the client's IP, and a
         # principal's connections against its request rate limit.
-        principal = await admitted_principal(websocket, services, token or None, WS_MISSING_TOKEN)
+        principal = await admitted_principal(websocket, services, token, WS_MISSING_TOKEN)
     except ApiError as exc:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.details is not None:
